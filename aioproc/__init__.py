@@ -1,0 +1,48 @@
+"""aioproc: an asyncio-native (anyio) framework for child processes.
+
+Subprocesses (``run``, ``run_shell``, ``spawn``), forked Python workers driven by
+a msgpack pipe protocol (``Worker``), an autoscaling crash-proof ``Pool``, a
+``Scheduler``, a ``ProcessManager`` registry, and psutil figures.
+"""
+
+from __future__ import annotations
+
+from ._errors import AioprocError as AioprocError
+from ._errors import CalledProcessError as CalledProcessError
+from ._errors import CommandNotFoundError as CommandNotFoundError
+from ._errors import EndOfChannel as EndOfChannel
+from ._errors import OutputLimitExceeded as OutputLimitExceeded
+from ._errors import PoolBrokenError as PoolBrokenError
+from ._errors import PoolClosed as PoolClosed
+from ._errors import ProcessTimeoutError as ProcessTimeoutError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import QueueFull as QueueFull
+from ._errors import TaskCancelledError as TaskCancelledError
+from ._errors import TaskError as TaskError
+from ._errors import TaskTimeoutError as TaskTimeoutError
+from ._errors import WorkerCrashedError as WorkerCrashedError
+from ._errors import WorkerStartError as WorkerStartError
+from ._monitor import ProcessStats as ProcessStats
+from ._monitor import Rusage as Rusage
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AioprocError",
+    "CalledProcessError",
+    "CommandNotFoundError",
+    "EndOfChannel",
+    "OutputLimitExceeded",
+    "PoolBrokenError",
+    "PoolClosed",
+    "ProcessStats",
+    "ProcessTimeoutError",
+    "ProtocolError",
+    "QueueFull",
+    "Rusage",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerStartError",
+)

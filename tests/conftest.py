@@ -1,0 +1,62 @@
+"""Shared fixtures: every async test runs on asyncio, asyncio+uvloop and trio, and
+every test must leave no child process and no open fd behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+BACKENDS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    return request.param
+
+
+def _open_fds() -> dict[int, str]:
+    fds: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the fd of the listdir itself, already closed
+            continue
+    return fds
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: no child process left, open fds back where they started."""
+    me = psutil.Process()
+    before = _open_fds()
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        children = [c for c in me.children(recursive=True) if c.is_running()]
+        leaked = {fd: t for fd, t in _open_fds().items() if fd not in before}
+        if not children and not leaked:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for child in children:  # do not let one leak cascade into the next test
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    described = [f"{c.pid} {c.name()} ({c.status()})" for c in children if c.is_running()]
+    pytest.fail(f"left behind: children={described} fds={leaked}")
+
+
+def python(code: str) -> list[str]:
+    """argv that runs *code* in a fresh interpreter (the tests' child programs)."""
+    return [sys.executable, "-c", code]
