@@ -3,6 +3,7 @@ every test must leave no child process and no open fd behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -33,6 +34,18 @@ def _open_fds() -> dict[int, str]:
     return fds
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _uvloop_opened_once() -> None:
+    """uvloop opens a process-wide pipe with its first loop and keeps it for good;
+    open it before any test so that `no_leaks` does not blame the first uvloop test."""
+    import asyncio
+
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.sleep(0))
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """After each test: no child process left, open fds back where they started."""
@@ -49,10 +62,8 @@ def no_leaks() -> Iterator[None]:
             break
         time.sleep(0.02)
     for child in children:  # do not let one leak cascade into the next test
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
     described = [f"{c.pid} {c.name()} ({c.status()})" for c in children if c.is_running()]
     pytest.fail(f"left behind: children={described} fds={leaked}")
 
