@@ -92,3 +92,36 @@ def floor_after_peak(json_path: str, megabytes: int = 300) -> None:
 
     code = main(["bench", "-n", "1", "--warmup", "0", "--export-json", json_path, "true"])
     raise SystemExit(code)
+
+
+# --- fake benchmark scripts for benchmarks/run_all.py ------------------------
+
+
+def fake_bench(script: str, behaviour: str) -> None:
+    """Act like a ``benchmarks/bench_*.py`` script located at *script*.
+
+    *behaviour*: ``"ok"`` writes two benchmarks' rows, ``"crash"`` dies with a
+    message on stderr, ``"silent"`` exits 0 without writing rows, ``"garbage"``
+    writes rows that are not a list.
+    """
+    path = Path(script)
+    out = path.parent / "results" / f"{path.stem}.json"
+    if behaviour == "crash":
+        print("kaboom: the benchmark broke", file=sys.stderr)
+        raise SystemExit(3)
+    if behaviour == "garbage":
+        out.write_text('{"not": "a list"}')
+    if behaviour != "ok":
+        return
+    print("| a table the script prints |")
+    rows = [
+        {"benchmark": "latency", "name": "floor", "backend": "", "value": 0.5,
+         "unit": "ms", "ratio_to_floor": 1.0},
+        {"benchmark": "latency", "name": "run(true)", "backend": "asyncio", "value": 0.6,
+         "unit": "ms", "ratio_to_floor": 1.2},
+        {"benchmark": "latency", "name": "run(true)", "backend": "trio", "value": 0.65,
+         "unit": "ms", "ratio_to_floor": 1.3},
+        {"benchmark": "throughput", "name": "a | b", "backend": "uvloop", "value": 12345.6,
+         "unit": "tasks/s", "ratio_to_floor": None},
+    ]  # fmt: skip
+    out.write_text(json.dumps(rows))
