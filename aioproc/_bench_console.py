@@ -20,7 +20,7 @@ from ._bench_stats import (
 )
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
 __all__ = [
     "CLI_HINT",
@@ -121,7 +121,7 @@ class _RichProgress:
         )
         self._console = Console(file=err)
         self._progress: Progress | None = None
-        self._task: object = None
+        self._task: TaskID | None = None
         self._sum = 0.0
         self._done = 0
 
@@ -136,12 +136,12 @@ class _RichProgress:
         self._done = 0
 
     def advance(self, wall_time: float) -> None:
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         self._sum += wall_time
         self._done += 1
         current = f"current estimate: {format_time(self._sum / self._done)}"
-        self._progress.update(self._task, advance=1, current=current)  # type: ignore[arg-type]
+        self._progress.update(self._task, advance=1, current=current)
 
     def stop(self) -> None:
         if self._progress is not None:
