@@ -134,9 +134,7 @@ class Launcher:
         finally:
             del self._waiters[run_id]
         if waiter.report is None:
-            raise LauncherError(
-                f"the bench launcher exited (code {self._watch.returncode}) during a run"
-            )
+            raise LauncherError("the bench launcher exited during a run")
         return waiter.report
 
     async def _read_reports(self) -> None:
