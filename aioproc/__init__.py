@@ -22,8 +22,16 @@ from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._errors import WorkerStartError as WorkerStartError
+from ._manager import ProcessInfo as ProcessInfo
+from ._manager import ProcessManager as ProcessManager
 from ._monitor import ProcessStats as ProcessStats
 from ._monitor import Rusage as Rusage
+from ._run import run as run
+from ._run import run_shell as run_shell
+from ._streams import OutputStream as OutputStream
+from ._subprocess import CompletedProcess as CompletedProcess
+from ._subprocess import Process as Process
+from ._subprocess import spawn as spawn
 
 __version__ = "0.1.0"
 
@@ -31,10 +39,15 @@ __all__ = (
     "AioprocError",
     "CalledProcessError",
     "CommandNotFoundError",
+    "CompletedProcess",
     "EndOfChannel",
     "OutputLimitExceeded",
+    "OutputStream",
     "PoolBrokenError",
     "PoolClosed",
+    "Process",
+    "ProcessInfo",
+    "ProcessManager",
     "ProcessStats",
     "ProcessTimeoutError",
     "ProtocolError",
@@ -45,4 +58,7 @@ __all__ = (
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerStartError",
+    "run",
+    "run_shell",
+    "spawn",
 )
