@@ -108,7 +108,7 @@ class CalledProcessError(AioprocError, subprocess.CalledProcessError):
         output: bytes | str | None = None,
         stderr: bytes | str | None = None,
     ) -> None:
-        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
+        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)  # type: ignore[arg-type]
         self.signal: int | None = -returncode if returncode < 0 else None
 
     def __str__(self) -> str:

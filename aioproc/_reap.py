@@ -13,6 +13,7 @@ Where pidfds are missing (macOS, very old kernels) we fall back to polling
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -79,7 +80,7 @@ class ChildWatch:
                         break
                     await anyio.sleep(delay)
                 else:
-                    while self.poll() is None:
+                    while self.poll() is None:  # noqa: ASYNC110 - nothing to wait on but time
                         await anyio.sleep(0.05)
         return self.returncode
 
@@ -105,9 +106,8 @@ class ChildWatch:
         """Release the pidfd (the child is not touched)."""
         fd, self._pidfd = self._pidfd, -1
         if fd >= 0:
-            try:
-                # Wake a task that may be waiting on the pidfd (another waiter).
+            # Wake a task that may be waiting on the pidfd (another waiter); outside
+            # an event loop nobody can be waiting.
+            with contextlib.suppress(Exception):
                 anyio.notify_closing(fd)
-            except Exception:  # noqa: BLE001 - no async library running: nobody waits
-                pass
             os.close(fd)
