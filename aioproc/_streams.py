@@ -209,6 +209,13 @@ class OutputStream(anyio.abc.ByteReceiveStream):
         return f"<OutputStream {self.name} fd={self._fd} {state} read={self._delivered}>"
 
 
+def _pieces(line: str) -> list[str]:
+    """*line* cut into pieces of at most :data:`MAX_LINE` characters."""
+    if len(line) <= MAX_LINE:
+        return [line]
+    return [line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE)]
+
+
 class _LineSplitter:
     """Bytes in, complete lines out (see :meth:`OutputStream.lines` for the rules)."""
 
@@ -238,6 +245,8 @@ class _LineSplitter:
                 text = text.replace("\r\n", "\n")
             lines = text.split("\n")
             self._carry = lines.pop()
+        if len(text) > MAX_LINE and max(map(len, lines), default=0) > MAX_LINE:
+            lines = [piece for line in lines for piece in _pieces(line)]
         if len(self._carry) > MAX_LINE:
             self._cut_long(lines)
         return lines
@@ -256,8 +265,7 @@ class _LineSplitter:
         self._pending = b""
         text = self._carry + tail
         self._carry = ""
-        lines = [text[i : i + MAX_LINE] for i in range(0, len(text), MAX_LINE)]
-        return lines
+        return _pieces(text) if text else []
 
 
 class LineIterator:
