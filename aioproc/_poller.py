@@ -34,13 +34,14 @@ class Poller:
     until that list is not empty. One task at a time may wait.
     """
 
-    __slots__ = ("_delay", "_epoll", "_readers", "_writers")
+    __slots__ = ("_delay", "_epoll", "_readers", "_waiting", "_writers")
 
     def __init__(self, *, use_epoll: bool = _HAVE_EPOLL) -> None:
         self._epoll = select.epoll() if use_epoll else None
         self._readers: set[int] = set()
         self._writers: set[int] = set()
         self._delay = 0.0
+        self._waiting = False
 
     def register(self, fd: int, *, write: bool = False) -> None:
         """Watch *fd* for readability (or writability with *write*)."""
@@ -67,23 +68,29 @@ class Poller:
         readable, writable, _ = select.select(self._readers, self._writers, (), 0)
         return readable + writable
 
-    async def wait(self) -> list[int]:
-        """Wait until at least one watched fd is ready; those fds."""
-        while True:
+    async def wait(self, *, check_first: bool = True) -> list[int]:
+        """Wait until at least one watched fd is ready; those fds. Pass
+        ``check_first=False`` when ``ready()`` just came back empty."""
+        fds = self.ready() if check_first else []
+        while not fds:
+            self._waiting = True
+            try:
+                if self._epoll is not None:
+                    await anyio.wait_readable(self._epoll.fileno())
+                else:
+                    self._delay = min(self._delay * 2 or 0.0005, 0.02)
+                    await anyio.sleep(self._delay)
+            finally:
+                self._waiting = False
             fds = self.ready()
-            if fds:
-                self._delay = 0.0
-                return fds
-            if self._epoll is not None:
-                await anyio.wait_readable(self._epoll.fileno())
-            else:
-                self._delay = min(self._delay * 2 or 0.0005, 0.02)
-                await anyio.sleep(self._delay)
+        self._delay = 0.0
+        return fds
 
     def close(self) -> None:
         """Release the epoll fd (the watched fds are not touched)."""
         if self._epoll is not None and not self._epoll.closed:
-            anyio.notify_closing(self._epoll.fileno())
+            if self._waiting:  # only a waiting task needs waking (and unregistering)
+                anyio.notify_closing(self._epoll.fileno())
             self._epoll.close()
         self._readers.clear()
         self._writers.clear()

@@ -25,7 +25,6 @@ is raised with the output collected so far.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -174,9 +173,9 @@ class _Pump:
             turns = 0
             if until_exit and self.pidfd < 0:  # pragma: no cover - no pidfd
                 with anyio.move_on_after(0.005):
-                    await self.poller.wait()
+                    await self.poller.wait(check_first=False)
             elif self.poller:
-                await self.poller.wait()
+                self._service(await self.poller.wait(check_first=False))
             else:  # pragma: no cover - nothing to watch but the missing pidfd
                 await anyio.sleep(0.005)
 
@@ -301,9 +300,15 @@ async def run_impl(
         if on_start is not None:
             on_start(launched.pid, watch.signal)
         try:
-            with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            if timeout is None:
                 await pump.until_exit()
                 await pump.after_exit(kill_grace)
+                timed_out = False
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await pump.until_exit()
+                    await pump.after_exit(kill_grace)
+                timed_out = scope.cancelled_caught
         except _LimitHit as hit:
             with anyio.CancelScope(shield=True):
                 await pump.stop(kill_grace)
@@ -311,7 +316,7 @@ async def run_impl(
             raise OutputLimitExceeded(
                 cmd, hit.name, max_output, stdout=partial("stdout"), stderr=partial("stderr")
             ) from None
-        if scope.cancelled_caught and watch.returncode is None:
+        if timed_out and watch.returncode is None:
             with anyio.CancelScope(shield=True):
                 await pump.stop(kill_grace)
             assert timeout is not None

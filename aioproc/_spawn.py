@@ -307,12 +307,22 @@ class GroupWatch(ChildWatch):
     """A :class:`ChildWatch` that can also wait for the exit *without* reaping,
     and signal the child's whole process group (see the module docstring)."""
 
-    __slots__ = ("_group_gone", "pgid")
+    __slots__ = ("_group_gone", "_waiting", "pgid")
 
     def __init__(self, pid: int, *, own_group: bool) -> None:
         super().__init__(pid)
         self.pgid: int | None = pid if own_group else None
         self._group_gone = False
+        self._waiting = False
+
+    def close(self) -> None:
+        """Release the pidfd; a task waiting in :meth:`wait_exited` is woken."""
+        if self._waiting:
+            super().close()
+            return
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            os.close(fd)  # nobody waits on it: no need to tell the event loop
 
     @property
     def pidfd(self) -> int:
@@ -336,11 +346,15 @@ class GroupWatch(ChildWatch):
         """
         delay = 0.0005
         while not self.exited():
-            if self._pidfd >= 0:
-                await anyio.wait_readable(self._pidfd)
-            else:  # pragma: no cover - no pidfd (macOS, old kernels)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+            self._waiting = True
+            try:
+                if self._pidfd >= 0:
+                    await anyio.wait_readable(self._pidfd)
+                else:  # pragma: no cover - no pidfd (macOS, old kernels)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            finally:
+                self._waiting = False
 
     def reap(self) -> int | None:
         """Collect the exit status if the child has exited; the return code."""
