@@ -7,8 +7,10 @@ in the same run (see benchmarks/README.md for the goals):
 
 1. per-call latency of ``run(["true"])`` (p50). Floor: ``os.posix_spawn`` +
    ``waitpid``, interleaved call by call with every subject so that drift on a
-   shared machine hits both alike. Peers: asyncio ``create_subprocess_exec`` +
-   ``communicate``, ``anyio.run_process``.
+   shared machine hits both alike (the other two floors are likewise measured
+   once before each subject; the floor row is the median of those runs).
+   Peers: asyncio ``create_subprocess_exec`` + ``communicate``,
+   ``anyio.run_process``.
 2. streaming ``head -c`` (1 GiB; 256 MiB with --quick) through
    ``async for chunk in proc.stdout``. Floor: a blocking ``readinto`` loop on a
    1 MiB pipe into one reused buffer. Peers: asyncio ``StreamReader.read``,
@@ -233,7 +235,13 @@ async def anyio_lines(count: int) -> float:
 # -- driver --------------------------------------------------------------------------
 
 
-async def measure_backend(backend: str, quick: bool, floors: list[float]) -> list[Row]:
+async def measure_backend(
+    backend: str,
+    quick: bool,
+    floors: list[float],
+    stream_floors: list[float],
+    line_floors: list[float],
+) -> list[Row]:
     rows: list[Row] = []
     calls = 200 if quick else 1000
     stream_size = (256 if quick else 1024) * MIB
@@ -257,6 +265,7 @@ async def measure_backend(backend: str, quick: bool, floors: list[float]) -> lis
     if on_asyncio:
         stream_subjects.append(("asyncio StreamReader.read", asyncio_stream))
     for name, stream in stream_subjects:
+        stream_floors.append(floor_stream(stream_size))  # interleaved: same machine load
         best = max([await stream(stream_size) for _ in range(2)])
         rows.append(row(f"stream {stream_size // MIB} MiB stdout", name, backend, best, "MB/s"))
 
@@ -267,6 +276,7 @@ async def measure_backend(backend: str, quick: bool, floors: list[float]) -> lis
     if on_asyncio:
         line_subjects.append(("asyncio readline", asyncio_lines))
     for name, lines in line_subjects:
+        line_floors.append(floor_lines(line_count))
         best = max([await lines(line_count) for _ in range(2)])
         rows.append(row(f"seq {line_count} lines", name, backend, best, "lines/s"))
     return rows
@@ -279,6 +289,8 @@ def main() -> int:
     quick: bool = options.quick
 
     floors: list[float] = []
+    stream_floors: list[float] = []
+    line_floors: list[float] = []
     rows: list[Row] = []
     for backend, library, backend_options in BACKENDS:
         print(f"measuring on {backend} ...", file=sys.stderr, flush=True)
@@ -287,6 +299,8 @@ def main() -> int:
             backend,
             quick,
             floors,
+            stream_floors,
+            line_floors,
             backend=library,
             backend_options=backend_options,
         )
@@ -299,8 +313,8 @@ def main() -> int:
         row(f"seq {line_count} lines", "floor blocking read+split", "", 0.0, "lines/s"),
     ]
     floor_rows[0]["value"] = statistics.median(floors) * 1e3
-    floor_rows[1]["value"] = max(floor_stream(stream_size) for _ in range(3))
-    floor_rows[2]["value"] = max(floor_lines(line_count) for _ in range(3))
+    floor_rows[1]["value"] = statistics.median(stream_floors)
+    floor_rows[2]["value"] = statistics.median(line_floors)
     floor_of = {r["benchmark"]: r["value"] for r in floor_rows}
     all_rows = floor_rows + rows
     for r in all_rows:
