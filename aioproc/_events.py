@@ -117,18 +117,23 @@ class EventReader:
 
 
 class EventHub:
-    """Fans events out to the live readers."""
+    """Fans events out to the live readers.
 
-    __slots__ = ("_closed", "_readers")
+    :attr:`active` is a plain attribute (read on every task), kept up to date as
+    readers come and go (a reader is dropped when collected or closed).
+    """
+
+    __slots__ = ("_closed", "_readers", "active")
 
     def __init__(self) -> None:
-        self._readers: weakref.WeakSet[EventReader] = weakref.WeakSet()
+        self._readers: dict[int, weakref.ref[EventReader]] = {}
         self._closed = False
+        #: Whether anyone listens (check it before building an event).
+        self.active = False
 
-    @property
-    def active(self) -> bool:
-        """Whether anyone listens (check it before building an event)."""
-        return bool(self._readers)
+    def _forget(self, key: int) -> None:
+        self._readers.pop(key, None)
+        self.active = bool(self._readers)
 
     def reader(self, maxlen: int = DEFAULT_BUFFER) -> EventReader:
         """A new reader that receives every event emitted from now on."""
@@ -136,7 +141,9 @@ class EventHub:
         if self._closed:
             reader._finish()
         else:
-            self._readers.add(reader)
+            key = id(reader)
+            self._readers[key] = weakref.ref(reader, lambda _: self._forget(key))
+            self.active = True
         return reader
 
     def emit(
@@ -148,18 +155,22 @@ class EventHub:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Give an event, stamped now, to every reader."""
-        if not self._readers:
+        if not self.active:
             return
         event = PoolEvent(kind, time.time(), pid, task_id, detail if detail is not None else {})
-        for reader in list(self._readers):
-            if reader._closed:
-                self._readers.discard(reader)
+        for key, ref in list(self._readers.items()):
+            reader = ref()
+            if reader is None or reader._closed:
+                self._forget(key)
             else:
                 reader._push(event)
 
     def close(self) -> None:
         """The pool closed: readers drain their buffers, then stop."""
         self._closed = True
-        for reader in list(self._readers):
-            reader._finish()
+        for ref in list(self._readers.values()):
+            reader = ref()
+            if reader is not None:
+                reader._finish()
         self._readers.clear()
+        self.active = False

@@ -24,7 +24,7 @@ import contextlib
 import enum
 import sys
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -76,11 +76,14 @@ class Task(Generic[T]):
         "_status",
         "args",
         "attempts",
+        "call",
         "fn",
         "id",
+        "in_queue",
         "retries",
         "slot",
         "started_at",
+        "stream",
         "submitted_at",
         "timeout",
     )
@@ -96,6 +99,7 @@ class Task(Generic[T]):
         parker: Parker,
         canceller: Callable[[Task[Any]], bool],
         submitted_at: float = 0.0,
+        stream: bool = False,
     ) -> None:
         self.id = task_id
         self.fn = fn
@@ -105,8 +109,14 @@ class Task(Generic[T]):
         self.attempts = 0
         self.submitted_at = submitted_at
         self.started_at = 0.0
-        #: The dispatcher's record of the worker holding this task, if any.
+        #: Whether *fn* is a generator function served by ``pool.stream()``.
+        self.stream = stream
+        #: The dispatcher's record of the worker holding this task, and the call
+        #: made there (``None`` while the task waits in the pool's queue).
         self.slot: Any = None
+        self.call: Any = None
+        #: Whether the task waits in the pool's queue (the deque) right now.
+        self.in_queue = False
         self._status = TaskStatus.QUEUED
         self._outcome: Any = None
         self._callbacks: list[DoneCallback] | None = []
@@ -176,7 +186,7 @@ class Task(Generic[T]):
         if self._callbacks is not None:
             raise asyncio.InvalidStateError(f"task {self.id} is {self._status.value}")
         if self._status is TaskStatus.COMPLETED:
-            return cast(T, self._outcome)
+            return self._outcome  # type: ignore[no-any-return]
         raise self._outcome
 
     async def _wait(self) -> T:
