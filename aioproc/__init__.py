@@ -32,6 +32,7 @@ from ._streams import OutputStream as OutputStream
 from ._subprocess import CompletedProcess as CompletedProcess
 from ._subprocess import Process as Process
 from ._subprocess import spawn as spawn
+from ._worker import Worker as Worker
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,7 @@ __all__ = (
     "TaskCancelledError",
     "TaskError",
     "TaskTimeoutError",
+    "Worker",
     "WorkerCrashedError",
     "WorkerStartError",
     "run",

@@ -1,0 +1,458 @@
+"""The loop that runs inside a worker process.
+
+Entry points: ``python -m aioproc._worker_main IN_FD OUT_FD PARENT_PID`` (the
+"spawn" start method) and :func:`run_forked` (a child of the zygote, see
+:mod:`aioproc._zygote`). Both end up in :func:`serve`::
+
+    parent ─HELLO(config)─► setup: chdir, sys.path, preload, initializer
+    parent ◄─HELLO(pid)──── (or HELLO carrying the failure, then exit 1)
+    parent ─CALL/CANCEL/CREDIT/STOP─► _Server.run()  (blocking loop, sync calls)
+                                          │ first async function / async main
+                                          ▼
+                                   aioproc._worker_async (anyio.run on the
+                                   caller's backend; serves every later call)
+
+A worker stays a plain blocking loop for as long as it only meets synchronous
+functions: one ``readv`` waits for the next call, the function runs, one
+``write`` answers. Only an async function (or an async ``main``) imports anyio
+and the backend the caller runs on (told in the handshake). Calls run one at a
+time, in the order they arrived; calls queued behind a running one can be
+cancelled (``CANCELLED``) before they start.
+
+The process ignores SIGINT (Ctrl-C belongs to the caller), asks the kernel for
+SIGKILL when its parent thread dies (``PR_SET_PDEATHSIG``) and exits at pipe EOF,
+so it never outlives the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections import deque
+from typing import Any
+
+from ._channel import Channel, PipeConn
+from ._errors import ProtocolError
+from ._values import encode_exception, pack_checked, resolve_ref
+from .protocol import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, CallFlag, Kind, encode_body
+
+__all__ = ["is_async_callable", "main", "prepare_process", "run_forked", "serve"]
+
+_CO_COROUTINE = 0x80
+_CO_ITERABLE_COROUTINE = 0x100
+_CO_ASYNC_GENERATOR = 0x200
+_PR_SET_PDEATHSIG = 1
+
+#: Exit code of a worker that met a protocol error (bad frame from the parent).
+EXIT_PROTOCOL_ERROR = 3
+#: Exit code of a worker whose setup (preload, initializer, main script) failed.
+EXIT_SETUP_FAILED = 1
+
+
+def set_pdeathsig(expected_parent: int, sig: int = signal.SIGKILL) -> None:
+    """Ask for *sig* when the parent (thread) dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    # The parent may have died before prctl took effect: then we were reparented.
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def prepare_process(parent_pid: int) -> None:
+    """Ignore SIGINT, die with the parent: the first thing a worker or zygote does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The spawner blocked SIGINT across exec so that no Ctrl-C could land before
+    # the line above; a pending one is discarded by SIG_IGN.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    set_pdeathsig(parent_pid)
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for coroutine and async generator functions (without importing inspect)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        func = getattr(fn, "__func__", None)  # bound/class methods
+        code = getattr(func, "__code__", None)
+    if code is None:
+        return False
+    return bool(code.co_flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR | _CO_ITERABLE_COROUTINE))
+
+
+class _SwitchToAsync(Exception):
+    """Raised inside the sync loop to continue in :mod:`aioproc._worker_async`."""
+
+    def __init__(self, message: list[Any], fn: Any, awaitable: Any = None) -> None:
+        super().__init__()
+        self.message = message
+        self.fn = fn
+        self.awaitable = awaitable
+
+
+class Server:
+    """State shared by the sync loop and the async loop of one worker."""
+
+    def __init__(self, conn: PipeConn, config: dict[str, Any]) -> None:
+        self.conn = conn
+        self.config = config
+        self.queue: deque[list[Any]] = deque()
+        self.stopping = False
+        self.exit_code: int | None = None
+        #: Stream credit granted by the parent, per call id (queued or running).
+        self.credits: dict[int, int] = {}
+        #: Id of the call running now, if any.
+        self.current_id: int | None = None
+        self._refs: dict[str, Any] = {}
+        self._main_loaded = False
+
+    # -- helpers shared with the async loop ------------------------------------
+
+    def resolve(self, ref: str) -> Any:
+        fn = self._refs.get(ref)
+        if fn is None:
+            if ref.startswith("__main__:"):
+                self.load_main()
+            fn = resolve_ref(ref)
+            self._refs[ref] = fn
+        return fn
+
+    def load_main(self) -> None:
+        """Run the caller's main script as ``__mp_main__`` (once), as multiprocessing does."""
+        if self._main_loaded:
+            return
+        self._main_loaded = True
+        source = self.config.get("main_source")
+        if not source:
+            return
+        import runpy
+        import types
+
+        kind, where = source
+        if kind == "module":
+            namespace = runpy.run_module(where, run_name="__mp_main__", alter_sys=False)
+        else:
+            namespace = runpy.run_path(where, run_name="__mp_main__")
+        module = types.ModuleType("__mp_main__")
+        module.__dict__.update(namespace)
+        sys.modules["__mp_main__"] = module
+        sys.modules["__main__"] = module
+
+    def send_error(self, call_id: int, exc: BaseException) -> None:
+        try:
+            body = encode_body([Kind.ERROR, call_id, encode_exception(exc)])
+        except Exception:
+            text = ascii(str(exc))
+            info = [type(exc).__module__, type(exc).__qualname__, None, text, text]
+            body = encode_body([Kind.ERROR, call_id, info])
+        self.send_body(body)
+
+    def send_value(self, kind: int, call_id: int, value: object, path: str) -> bool:
+        """Send RESULT/ITEM; on an unsendable or oversize value send ERROR. True if sent."""
+        try:
+            body = pack_checked([kind, call_id, value], value, path)
+            if len(body) > self.conn.max_frame:
+                raise ProtocolError(
+                    f"{path} of {len(body)} bytes exceeds max_frame={self.conn.max_frame}"
+                )
+        except (TypeError, ProtocolError) as exc:
+            self.send_error(call_id, exc)
+            return False
+        self.send_body(body)
+        return True
+
+    def send_body(self, body: bytes) -> None:
+        self.conn.send_body(body)
+
+    def handle_control(self, message: list[Any]) -> list[Any] | None:
+        """Apply a non-CALL message; return a CREDIT/CANCEL the caller must see."""
+        kind = message[0]
+        if kind == Kind.CALL:
+            self.queue.append(message)
+        elif kind == Kind.CANCEL:
+            call_id = message[1]
+            for queued in self.queue:
+                if queued[1] == call_id:
+                    self.queue.remove(queued)
+                    self.conn.send([Kind.CANCELLED, call_id])
+                    return None
+            return message
+        elif kind == Kind.CREDIT:
+            call_id = message[1]
+            if call_id == self.current_id or any(q[1] == call_id for q in self.queue):
+                self.credits[call_id] = self.credits.get(call_id, 0) + int(message[2])
+            return message
+        elif kind == Kind.STOP:
+            self.stopping = True
+        elif kind == Kind.HELLO:
+            raise ProtocolError("second HELLO from the parent")
+        # MESSAGE without main, unknown kinds: ignored (forward compatible).
+        return None
+
+    def system_exit(self, call_id: int, exc: SystemExit) -> None:
+        self.send_error(call_id, exc)
+        code = exc.code
+        if code is None:
+            self.exit_code = 0
+        elif isinstance(code, int):
+            self.exit_code = code
+        else:
+            print(code, file=sys.stderr)
+            self.exit_code = 1
+
+    # -- the synchronous loop ------------------------------------------------------
+
+    def run(self) -> int:
+        conn = self.conn
+        queue = self.queue
+        fresh = False  # just read: no need to poll before the next call
+        try:
+            while self.exit_code is None:
+                if queue:
+                    if not fresh and conn.readable():
+                        self._dispatch(conn.read_batch(block=False))
+                        fresh = True
+                        continue
+                else:
+                    if self.stopping or conn.eof:
+                        return 0
+                    self._dispatch(conn.read_batch(block=True))
+                    fresh = True
+                    continue
+                if self.stopping:
+                    return 0
+                fresh = False
+                self._run_call(queue.popleft())
+        except _SwitchToAsync as switch:
+            from ._worker_async import run_async
+
+            return run_async(self, switch.message, switch.fn, switch.awaitable)
+        return self.exit_code
+
+    def _dispatch(self, batch: list[Any]) -> None:
+        for message in batch:
+            self.handle_control(message)
+
+    def _run_call(self, message: list[Any]) -> None:
+        _, call_id, ref, args, kwargs, flags = message
+        try:
+            fn = self.resolve(ref)
+        except BaseException as exc:
+            self.send_error(call_id, exc)
+            return
+        if is_async_callable(fn):
+            raise _SwitchToAsync(message, fn)
+        if flags & CallFlag.STREAM:
+            self._run_stream(call_id, fn, args, kwargs, flags)
+            return
+        if flags & CallFlag.REPORT_STARTED:
+            self.conn.send([Kind.STARTED, call_id, False])
+        try:
+            result = fn(*args, **kwargs)
+        except SystemExit as exc:
+            self.system_exit(call_id, exc)
+            return
+        except BaseException as exc:
+            self.send_error(call_id, exc)
+            return
+        if hasattr(result, "__await__"):
+            raise _SwitchToAsync(message, fn, result)
+        self.send_value(Kind.RESULT, call_id, result, "result")
+
+    def _run_stream(
+        self, call_id: int, fn: Any, args: list[Any], kwargs: dict[str, Any], flags: int
+    ) -> None:
+        conn = self.conn
+        if flags & CallFlag.REPORT_STARTED:
+            conn.send([Kind.STARTED, call_id, False])
+        try:
+            iterator = iter(fn(*args, **kwargs))
+        except SystemExit as exc:
+            self.system_exit(call_id, exc)
+            return
+        except BaseException as exc:
+            self.send_error(call_id, exc)
+            return
+        credits = self.credits
+        self.current_id = call_id
+        try:
+            while True:
+                if credits.get(call_id, 0) <= 0 or conn.readable():
+                    batch = conn.read_batch(block=credits.get(call_id, 0) <= 0)
+                    if conn.eof and not batch:
+                        return
+                    for message in batch:
+                        control = self.handle_control(message)
+                        if (
+                            control is not None
+                            and control[0] == Kind.CANCEL
+                            and control[1] == call_id
+                        ):
+                            _close(iterator)
+                            conn.send([Kind.CANCELLED, call_id])
+                            return
+                    continue
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    conn.send([Kind.END, call_id])
+                    return
+                except SystemExit as exc:
+                    self.system_exit(call_id, exc)
+                    return
+                except BaseException as exc:
+                    self.send_error(call_id, exc)
+                    return
+                if not self.send_value(Kind.ITEM, call_id, item, "item"):
+                    return
+                credits[call_id] -= 1
+        finally:
+            self.current_id = None
+            credits.pop(call_id, None)
+            _close(iterator)
+
+
+def _close(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        with contextlib.suppress(BaseException):
+            close()
+
+
+def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:
+    """Apply the handshake config: everything that may fail at start."""
+    cwd = config.get("cwd")
+    if cwd:
+        os.chdir(cwd)
+    sys_path = config.get("sys_path")
+    if sys_path:
+        sys.path[:] = [p for p in sys_path if isinstance(p, str)]
+    import importlib
+
+    for name in config.get("preload") or ():
+        importlib.import_module(name)
+    initializer = config.get("initializer")
+    if initializer:
+        ref, args, kwargs = initializer
+        fn = server.resolve(ref)
+        result = fn(*args, *(config.get("initargs") or ()), **kwargs)
+        if hasattr(result, "__await__"):
+            from ._worker_async import run_awaitable
+
+            run_awaitable(config, result)
+
+
+def serve(in_fd: int, out_fd: int) -> int:
+    """Handshake, setup, then serve calls (or run ``main``); the exit code."""
+    os.set_blocking(in_fd, True)
+    os.set_blocking(out_fd, True)
+    conn = PipeConn(in_fd, out_fd, DEFAULT_MAX_FRAME)
+    try:
+        first = conn.read_batch(block=True)
+    except ProtocolError as exc:
+        print(f"aioproc worker: {exc}", file=sys.stderr)
+        return EXIT_PROTOCOL_ERROR
+    if not first:
+        return 0  # the parent went away before the handshake
+    hello = first[0]
+    pid = os.getpid()
+    if not (isinstance(hello, list) and len(hello) >= 3 and hello[0] == Kind.HELLO):
+        print("aioproc worker: the first frame is not a handshake", file=sys.stderr)
+        return EXIT_PROTOCOL_ERROR
+    if hello[1] != PROTOCOL_VERSION:
+        error = ProtocolError(
+            f"protocol version mismatch: the caller speaks {hello[1]}, "
+            f"this worker speaks {PROTOCOL_VERSION}"
+        )
+        conn.send([Kind.HELLO, PROTOCOL_VERSION, pid, encode_exception(error)])
+        return EXIT_PROTOCOL_ERROR
+    config: dict[str, Any] = hello[2] if isinstance(hello[2], dict) else {}
+    conn.max_frame = conn.decoder.max_frame = int(config.get("max_frame") or DEFAULT_MAX_FRAME)
+    server = Server(conn, config)
+    try:
+        _setup(conn, server, config)
+    except BaseException as exc:
+        conn.send([Kind.HELLO, PROTOCOL_VERSION, pid, encode_exception(exc)])
+        return EXIT_SETUP_FAILED
+    conn.send([Kind.HELLO, PROTOCOL_VERSION, pid, None])
+    # Anything that arrived with the handshake is served next.
+    server.queue.extend(m for m in first[1:] if m[0] == Kind.CALL)
+    for message in first[1:]:
+        if message[0] != Kind.CALL:
+            server.handle_control(message)
+    try:
+        entry = config.get("entry")
+        if entry:
+            return _run_main(server, entry)
+        return server.run()
+    except ProtocolError as exc:
+        print(f"aioproc worker {pid}: {exc}; exiting", file=sys.stderr)
+        return EXIT_PROTOCOL_ERROR
+    except BrokenPipeError:
+        return 0  # the parent went away
+
+
+def _run_main(server: Server, entry: list[Any]) -> int:
+    """Run ``main(channel, ...)`` as call 0: RESULT 0 when it returns, ERROR 0 if it raises."""
+    ref, args, kwargs = entry
+    try:
+        fn = server.resolve(ref)
+    except BaseException as exc:
+        server.send_error(0, exc)
+        return 1
+    if is_async_callable(fn):
+        from ._worker_async import run_async_main
+
+        return run_async_main(server, fn, args, kwargs)
+    channel = Channel(server.conn)
+    try:
+        fn(channel, *args, **kwargs)
+    except SystemExit as exc:
+        server.system_exit(0, exc)
+        return server.exit_code or 0
+    except BaseException as exc:
+        server.send_error(0, exc)
+        return 1
+    server.conn.send([Kind.RESULT, 0, None])
+    return 0
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def run_forked(in_fd: int, out_fd: int) -> None:
+    """Body of a worker forked by the zygote: serve, flush, ``_exit`` (never returns)."""
+    code = 1
+    try:
+        code = serve(in_fd, out_fd)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        _flush_stdio()
+        os._exit(code)
+
+
+def main() -> None:
+    """``python -m aioproc._worker_main IN_FD OUT_FD PARENT_PID``."""
+    in_fd, out_fd, parent_pid = (int(a) for a in sys.argv[1:4])
+    prepare_process(parent_pid)
+    for fd in (in_fd, out_fd):
+        os.set_inheritable(fd, False)  # programs the worker starts must not hold them
+    code = serve(in_fd, out_fd)
+    _flush_stdio()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
