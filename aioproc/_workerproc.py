@@ -22,19 +22,17 @@ reader, so they must not block.
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import os
 import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 
+from ._calls import Call, EventWaiter, StreamCall
 from ._errors import (
     EndOfChannel,
     ProtocolError,
@@ -43,14 +41,14 @@ from ._errors import (
     WorkerStartError,
 )
 from ._fdio import set_pipe_size
-from ._launcher import ExitWatch, Launcher, caller_sys_path, default_main_source
+from ._launcher import ExitWatch, Launcher
 from ._monitor import ProcessStats, StatsSampler
-from ._values import check_sendable, decode_exception, function_ref, pack_checked
+from ._pipeends import PipeEnds
+from ._values import decode_exception, function_ref, pack_checked
+from ._workerstate import ExitInfo, WorkerOptions, WorkerState, asyncio_loop
 from .protocol import (
-    DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
     CallFlag,
-    Decoder,
     Kind,
     encode_body,
     frame_header,
@@ -77,263 +75,7 @@ EOF_EXIT_GRACE = 2.0
 STREAM_WINDOW = 16
 
 
-class WorkerState(enum.Enum):
-    """Lifecycle of a worker process (and of the :class:`~aioproc.Worker` handle)."""
-
-    CREATED = "created"  #: not started yet
-    STARTING = "starting"  #: process launched, waiting for its handshake
-    RUNNING = "running"  #: handshake done; takes calls
-    STOPPING = "stopping"  #: being stopped; takes no more calls
-    STOPPED = "stopped"  #: exited after stop()/aclose()
-    CRASHED = "crashed"  #: exited on its own, or was killed (sync call cancelled, timeout)
-    FAILED = "failed"  #: never became ready
-
-    @property
-    def terminal(self) -> bool:
-        return self in (WorkerState.STOPPED, WorkerState.CRASHED, WorkerState.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
-    """How a worker ended, learnt exactly once.
-
-    ``returncode`` is the exit code or ``-signum`` (``None`` when nobody could
-    tell, e.g. the zygote died first); ``signal`` the positive signal number;
-    ``by_us`` is true when that signal was one we sent (stop, kill);
-    ``protocol_error`` is set when we killed it for a bad frame.
-    """
-
-    returncode: int | None
-    signal: int | None
-    by_us: bool
-    protocol_error: ProtocolError | None = None
-
-    def crash_error(self, task_id: int | None = None) -> WorkerCrashedError:
-        """A :class:`WorkerCrashedError` describing this exit."""
-        detail = ""
-        if self.by_us:
-            detail = "stopped by aioproc"
-        elif self.signal == signal.SIGKILL:
-            detail = "out of memory suspected"
-        return WorkerCrashedError(task_id, self.returncode, self.signal, detail)
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What a worker is started with (shared by every worker of a Pool)."""
-
-    preload: tuple[str, ...] = ()
-    initializer: object = None
-    initargs: tuple[Any, ...] = ()
-    main: object = None
-    cwd: str | None = None
-    max_frame: int = DEFAULT_MAX_FRAME
-    start_timeout: float = 60.0
-
-    def handshake_config(self) -> dict[str, Any]:
-        """The config sent in the parent's HELLO (call from inside the event loop).
-
-        :raises TypeError: when the initializer, initargs or main cannot be sent.
-        """
-        config: dict[str, Any] = {
-            "sys_path": caller_sys_path(),
-            "main_source": default_main_source(),
-            "cwd": self.cwd,
-            "preload": list(self.preload),
-            "max_frame": self.max_frame,
-            **_backend_config(),
-        }
-        if self.initializer is not None:
-            config["initializer"] = list(function_ref(self.initializer))
-            initargs = list(self.initargs)
-            check_sendable(initargs, "initargs")
-            config["initargs"] = initargs
-        if self.main is not None:
-            config["entry"] = list(function_ref(self.main))
-        return config
-
-
-def _backend_config() -> dict[str, Any]:
-    """Tell the worker which backend to run async code on: the caller's."""
-    loop = _asyncio_loop()
-    if loop is None:
-        return {"backend": "trio"}
-    options: dict[str, Any] = {}
-    if type(loop).__module__.startswith("uvloop"):
-        options["use_uvloop"] = True
-    return {"backend": "asyncio", "backend_options": options}
-
-
-def _asyncio_loop() -> Any:
-    """The running asyncio (or uvloop) loop, or None on another backend (trio)."""
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-class _EventWaiter:
-    """A one-shot waiter with the asyncio Future surface we use, over anyio.Event
-    (trio); on asyncio the loop's own futures are used instead (cheaper)."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def set_result(self, _value: object) -> None:
-        self._event.set()
-
-    def __await__(self) -> Any:
-        return self._event.wait().__await__()
-
-
-class Call:
-    """One call sent to a worker. Resolved exactly once (result, error or cancel).
-
-    ``started`` turns true when the worker reported ``STARTED`` (only asked for
-    with ``report_started``); ``is_async`` then says whether the function is a
-    coroutine function. ``on_started`` / ``on_done`` are called synchronously
-    from the reader task. ``tag`` is free for the owner (the Pool's task).
-    """
-
-    __slots__ = (
-        "_error",
-        "_new_waiter",
-        "_value",
-        "_waiter",
-        "cancel_requested",
-        "done",
-        "id",
-        "is_async",
-        "on_done",
-        "on_started",
-        "started",
-        "stop_if_sync",
-        "tag",
-    )
-
-    def __init__(self, call_id: int, new_waiter: Callable[[], Any] | None = None) -> None:
-        self.id = call_id
-        self._new_waiter = new_waiter or _EventWaiter
-        self.started = False
-        self.is_async: bool | None = None
-        self.done = False
-        self.cancel_requested = False
-        self.stop_if_sync = True
-        self.on_started: Callable[[Call], None] | None = None
-        self.on_done: Callable[[Call], None] | None = None
-        self.tag: object = None
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._waiter: Any = None
-
-    @property
-    def error(self) -> BaseException | None:
-        """The exception the call ended with (``None`` while pending or on success)."""
-        return self._error
-
-    @property
-    def cancelled(self) -> bool:
-        """True when the worker confirmed the call was cancelled (or never ran)."""
-        return isinstance(self._error, TaskCancelledError)
-
-    def result(self) -> Any:
-        """The value, or raise the call's exception.
-
-        :raises RuntimeError: while the call is still pending.
-        """
-        if not self.done:
-            raise RuntimeError("call is still pending")
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    async def wait(self) -> Any:
-        """Wait for the call to end; its value (or its exception raised)."""
-        if not self.done:
-            waiter = self._waiter = self._new_waiter()
-            await waiter
-        return self.result()
-
-    async def wait_done(self) -> None:
-        """Wait for the call to end, raising nothing."""
-        if not self.done:
-            waiter = self._waiter = self._new_waiter()
-            await waiter
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _finish(self, value: Any, error: BaseException | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._value = value
-        self._error = error
-        if self._waiter is not None:
-            self._wake()
-        if self.on_done is not None:
-            self.on_done(self)
-
-    def __repr__(self) -> str:
-        if not self.done:
-            state = "started" if self.started else "pending"
-        elif self._error is not None:
-            state = f"failed={type(self._error).__name__}"
-        else:
-            state = "done"
-        return f"<Call id={self.id} {state}>"
-
-
-class StreamCall(Call):
-    """A call of a (async) generator: items arrive into a buffer, credit flows back."""
-
-    __slots__ = ("_items", "_owner", "_unacked", "window")
-
-    def __init__(self, call_id: int, owner: WorkerProcess, window: int) -> None:
-        super().__init__(call_id, owner._new_waiter)
-        self._owner = owner
-        self._items: deque[Any] = deque()
-        self._unacked = 0
-        self.window = window
-
-    def _push(self, item: Any) -> None:
-        self._items.append(item)
-        if self._waiter is not None:
-            self._wake()
-
-    async def next_item(self) -> Any:
-        """The next item; credit is returned to the worker as items are consumed.
-
-        :raises StopAsyncIteration: after the generator finished.
-        :raises Exception: whatever the generator raised (rebuilt), or a crash.
-        """
-        while not self._items:
-            if self.done:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            waiter = self._waiter = self._new_waiter()
-            await waiter
-        item = self._items.popleft()
-        self._unacked += 1
-        if self._unacked * 2 >= self.window and not self.done:
-            self._owner._send_body(encode_body([Kind.CREDIT, self.id, self._unacked]))
-            self._unacked = 0
-        return item
-
-
-class WorkerProcess:
+class WorkerProcess(PipeEnds):
     """A worker process and its pipes, from launch to exit (parent side).
 
     Start it with ``await tg.start(proc.serve)`` (raises
@@ -348,6 +90,7 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None] | None = None,
         report_started: bool = False,
     ) -> None:
+        super().__init__(options.max_frame)
         self.options = options
         self.launcher = launcher
         self.on_exit = on_exit
@@ -360,25 +103,16 @@ class WorkerProcess:
         self.calls_done = 0
         self._calls: dict[int, Call] = {}
         self._next_id = 1
-        self._in_w = -1
-        self._out_r = -1
-        self._wbuf: deque[bytes | memoryview] = deque()
-        self._wevent: anyio.Event | None = None
         self._exited: anyio.Event | None = None
-        self._decoder = Decoder(options.max_frame)
         self._watch: ExitWatch | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._signals_sent: set[int] = set()
         self._stop_requested = False
-        self._protocol_error: ProtocolError | None = None
         self._sampler: StatsSampler | None = None
         self._inbox: deque[Any] = deque()
         self._inbox_event: anyio.Event | None = None
         self._main_outcome: list[Any] | None = None
-        self._broken_pipe = False
-        self._rbuf = bytearray(READ_CHUNK)
-        self._new_waiter: Callable[[], Any] = _EventWaiter
-        self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
+        self._new_waiter: Callable[[], Any] = EventWaiter
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -393,7 +127,7 @@ class WorkerProcess:
         if self.state is not WorkerState.CREATED:
             raise RuntimeError(f"worker process is {self.state.value}, not created")
         self.state = WorkerState.STARTING
-        self._loop = _asyncio_loop()
+        self._loop = asyncio_loop()
         if self._loop is not None:
             self._new_waiter = self._loop.create_future
         self._wevent = anyio.Event()
@@ -510,15 +244,6 @@ class WorkerProcess:
             watch.close()
         self._close_fds()
 
-    def _close_fds(self) -> None:
-        for name in ("_in_w", "_out_r"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                setattr(self, name, -1)
-                with contextlib.suppress(Exception):
-                    anyio.notify_closing(fd)
-                os.close(fd)
-
     async def _watch_exit(self) -> None:
         assert self._watch is not None
         code = await self._watch.wait()
@@ -557,25 +282,6 @@ class WorkerProcess:
         assert self.exit_info is not None
         return self.exit_info.crash_error()
 
-    def _drain(self) -> None:
-        """Read what a dead worker left in the pipe (results written before exit)."""
-        fd = self._out_r
-        if fd < 0 or self._protocol_error is not None:
-            return
-        for _ in range(64):  # bounded: a grandchild may still hold the pipe open
-            try:
-                data = os.read(fd, READ_CHUNK)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                return
-            try:
-                for message in self._decoder.feed(data):
-                    self._handle(message)
-            except ProtocolError as exc:
-                self._protocol_error = exc
-                return
-
     # -- reading -----------------------------------------------------------------
 
     async def _read_loop(self) -> None:
@@ -594,57 +300,6 @@ class WorkerProcess:
                 if self.exit_info is None:
                     self._signal(signal.SIGKILL)
                     await self._exited.wait()
-
-    def _read_available(self) -> bool:
-        """Read and handle what the pipe holds; False at end of stream."""
-        fd = self._out_r
-        buf = self._rbuf
-        size = len(buf)
-        with memoryview(buf) as view:
-            while True:
-                try:
-                    n = os.readv(fd, [buf])
-                except BlockingIOError:
-                    return True
-                if n == 0:
-                    return False
-                for message in self._decoder.feed(view[:n]):
-                    self._handle(message)
-                if n < size:
-                    return True
-
-    async def _read_with_waits(self) -> None:
-        """The portable reader: wait_readable, then read what is there."""
-        fd = self._out_r
-        while True:
-            await anyio.wait_readable(fd)
-            if not self._read_available():
-                return
-
-    async def _read_with_callback(self) -> None:
-        """asyncio/uvloop: a persistent reader callback, no task switch per read."""
-        loop = self._loop
-        fd = self._out_r
-        finished = loop.create_future()
-
-        def on_readable() -> None:
-            try:
-                more = self._read_available()
-            except BaseException as exc:
-                loop.remove_reader(fd)
-                if not finished.done():
-                    finished.set_exception(exc)
-                return
-            if not more:
-                loop.remove_reader(fd)
-                if not finished.done():
-                    finished.set_result(None)
-
-        loop.add_reader(fd, on_readable)
-        try:
-            await finished
-        finally:
-            loop.remove_reader(fd)
 
     def _protocol_failure(self, exc: ProtocolError) -> None:
         if self._protocol_error is None:
@@ -711,87 +366,6 @@ class WorkerProcess:
                 self._inbox_event.set()
 
     # -- writing -----------------------------------------------------------------
-
-    def _send_body(self, body: bytes) -> None:
-        size = len(body)
-        if size < _WRITEV_MIN:
-            self._write(frame_header(size) + body)
-            return
-        header = frame_header(size)
-        if self._wbuf or self._in_w < 0:
-            self._wbuf.append(header)
-            self._wbuf.append(body)
-            return
-        try:
-            written = os.writev(self._in_w, [header, body])
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._broken_pipe = True
-            return
-        if written < 4:
-            self._wbuf.append(header[written:])
-            self._wbuf.append(body)
-        elif written < size + 4:
-            self._wbuf.append(memoryview(body)[written - 4 :])
-        else:
-            return
-        assert self._wevent is not None
-        self._wevent.set()
-
-    def _write(self, data: bytes) -> None:
-        if self._wbuf or self._in_w < 0:
-            self._wbuf.append(data)
-            return
-        try:
-            written = os.write(self._in_w, data)
-        except BlockingIOError:
-            written = 0
-        except OSError:  # the worker is gone; the exit watch will tell
-            self._broken_pipe = True
-            return
-        if written < len(data):
-            self._wbuf.append(memoryview(data)[written:])
-            assert self._wevent is not None
-            self._wevent.set()
-
-    async def _writer(self) -> None:
-        wbuf = self._wbuf
-        while True:
-            if not wbuf:
-                assert self._wevent is not None
-                await self._wevent.wait()
-                self._wevent = anyio.Event()
-                continue
-            fd = self._in_w
-            if fd < 0 or self._broken_pipe:
-                wbuf.clear()
-                continue
-            try:
-                written = os.write(fd, wbuf[0])
-            except BlockingIOError:
-                await anyio.wait_writable(fd)
-                continue
-            except OSError:
-                self._broken_pipe = True
-                wbuf.clear()
-                continue
-            head = wbuf[0]
-            if written < len(head):
-                wbuf[0] = memoryview(head)[written:]
-            else:
-                wbuf.popleft()
-
-    @property
-    def write_backlog(self) -> int:
-        """Bytes queued for the worker that the pipe has not taken yet."""
-        return sum(len(chunk) for chunk in self._wbuf)
-
-    async def drained(self) -> None:
-        """Wait until the write backlog is empty (backpressure for big sends)."""
-        while self._wbuf and not self._broken_pipe and self.exit_info is None:
-            await anyio.wait_writable(self._in_w)
-            await anyio.lowlevel.checkpoint()
 
     # -- calls -------------------------------------------------------------------
 

@@ -1,0 +1,209 @@
+"""The parent's two pipe ends to one worker: non-blocking, tight, backend-aware.
+
+Reading: a reused 256 KiB buffer, one ``readv`` per wake-up, the
+:class:`~aioproc.protocol.Decoder`, then ``_handle(message)`` for each message
+(the subclass's job). On asyncio and uvloop a persistent ``add_reader`` callback
+does this inside the loop's own poll step (no task switch per read); elsewhere a
+task loops on ``anyio.wait_readable``.
+
+Writing: straight ``os.write``/``os.writev`` while the pipe has room (no task
+switch, no copy of big bodies); what does not fit waits in ``_wbuf`` for the
+writer task, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from typing import Any
+
+import anyio
+
+from ._errors import ProtocolError
+from .protocol import Decoder, frame_header
+
+__all__ = ["PipeEnds"]
+
+#: Bytes read per wake-up (one readv into a reused buffer).
+READ_CHUNK = 256 * 1024
+#: Bodies at least this big are written header and body apart (no copy).
+_WRITEV_MIN = 64 * 1024
+
+
+class PipeEnds:
+    """Our write end of the worker's input pipe and read end of its output pipe."""
+
+    def __init__(self, max_frame: int) -> None:
+        self._in_w = -1
+        self._out_r = -1
+        self._wbuf: deque[bytes | memoryview] = deque()
+        self._wevent: anyio.Event | None = None
+        self._decoder = Decoder(max_frame)
+        self._rbuf = bytearray(READ_CHUNK)
+        self._broken_pipe = False
+        self._protocol_error: ProtocolError | None = None
+        self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
+
+    def _handle(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def _read_available(self) -> bool:
+        """Read and handle what the pipe holds; False at end of stream."""
+        fd = self._out_r
+        buf = self._rbuf
+        size = len(buf)
+        with memoryview(buf) as view:
+            while True:
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    return True
+                if n == 0:
+                    return False
+                for message in self._decoder.feed(view[:n]):
+                    self._handle(message)
+                if n < size:
+                    return True
+
+    async def _read_with_waits(self) -> None:
+        """The portable reader: wait_readable, then read what is there."""
+        fd = self._out_r
+        while True:
+            await anyio.wait_readable(fd)
+            if not self._read_available():
+                return
+
+    async def _read_with_callback(self) -> None:
+        """asyncio/uvloop: a persistent reader callback, no task switch per read."""
+        loop = self._loop
+        fd = self._out_r
+        finished = loop.create_future()
+
+        def on_readable() -> None:
+            try:
+                more = self._read_available()
+            except BaseException as exc:
+                loop.remove_reader(fd)
+                if not finished.done():
+                    finished.set_exception(exc)
+                return
+            if not more:
+                loop.remove_reader(fd)
+                if not finished.done():
+                    finished.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        try:
+            await finished
+        finally:
+            loop.remove_reader(fd)
+
+    def _drain(self) -> None:
+        """Read what a dead worker left in the pipe (results written before exit)."""
+        fd = self._out_r
+        if fd < 0 or self._protocol_error is not None:
+            return
+        for _ in range(64):  # bounded: a grandchild may still hold the pipe open
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            try:
+                for message in self._decoder.feed(data):
+                    self._handle(message)
+            except ProtocolError as exc:
+                self._protocol_error = exc
+                return
+
+    def _send_body(self, body: bytes) -> None:
+        size = len(body)
+        if size < _WRITEV_MIN:
+            self._write(frame_header(size) + body)
+            return
+        header = frame_header(size)
+        if self._wbuf or self._in_w < 0:
+            self._wbuf.append(header)
+            self._wbuf.append(body)
+            return
+        try:
+            written = os.writev(self._in_w, [header, body])
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._broken_pipe = True
+            return
+        if written < 4:
+            self._wbuf.append(header[written:])
+            self._wbuf.append(body)
+        elif written < size + 4:
+            self._wbuf.append(memoryview(body)[written - 4 :])
+        else:
+            return
+        assert self._wevent is not None
+        self._wevent.set()
+
+    def _write(self, data: bytes) -> None:
+        if self._wbuf or self._in_w < 0:
+            self._wbuf.append(data)
+            return
+        try:
+            written = os.write(self._in_w, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the worker is gone; the exit watch will tell
+            self._broken_pipe = True
+            return
+        if written < len(data):
+            self._wbuf.append(memoryview(data)[written:])
+            assert self._wevent is not None
+            self._wevent.set()
+
+    async def _writer(self) -> None:
+        wbuf = self._wbuf
+        while True:
+            if not wbuf:
+                assert self._wevent is not None
+                await self._wevent.wait()
+                self._wevent = anyio.Event()
+                continue
+            fd = self._in_w
+            if fd < 0 or self._broken_pipe:
+                wbuf.clear()
+                continue
+            try:
+                written = os.write(fd, wbuf[0])
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
+                continue
+            except OSError:
+                self._broken_pipe = True
+                wbuf.clear()
+                continue
+            head = wbuf[0]
+            if written < len(head):
+                wbuf[0] = memoryview(head)[written:]
+            else:
+                wbuf.popleft()
+
+    @property
+    def write_backlog(self) -> int:
+        """Bytes queued for the worker that the pipe has not taken yet."""
+        return sum(len(chunk) for chunk in self._wbuf)
+
+    async def drained(self) -> None:
+        """Wait until the write backlog is empty (backpressure for big sends)."""
+        while self._wbuf and not self._broken_pipe and self._in_w >= 0:
+            await anyio.wait_writable(self._in_w)
+            await anyio.lowlevel.checkpoint()
+
+    def _close_fds(self) -> None:
+        for name in ("_in_w", "_out_r"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                with contextlib.suppress(Exception):
+                    anyio.notify_closing(fd)
+                os.close(fd)
