@@ -9,6 +9,11 @@ task loops on ``anyio.wait_readable``.
 Writing: straight ``os.write``/``os.writev`` while the pipe has room (no task
 switch, no copy of big bodies); what does not fit waits in ``_wbuf`` for the
 writer task, in order.
+
+Pool hook: frames written while a read batch is being handled (the pool
+refilling this worker from its queue as results arrive) are held and leave in
+one ``os.writev`` after the batch, instead of one write (and one wake-up of the
+worker) per frame.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class PipeEnds:
         self._broken_pipe = False
         self._protocol_error: ProtocolError | None = None
         self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
+        # Pool hook: frames held while a read batch is handled (see the docstring).
+        self._held: list[bytes | memoryview] | None = None
 
     def _handle(self, message: Any) -> None:
         raise NotImplementedError
@@ -61,8 +68,15 @@ class PipeEnds:
                     return True
                 if n == 0:
                     return False
-                for message in self._decoder.feed(view[:n]):
-                    self._handle(message)
+                held: list[bytes | memoryview] = []
+                self._held = held
+                try:
+                    for message in self._decoder.feed(view[:n]):
+                        self._handle(message)
+                finally:
+                    self._held = None
+                    if held:
+                        self._write_held(held)
                 if n < size:
                     return True
 
@@ -118,7 +132,34 @@ class PipeEnds:
                 self._protocol_error = exc
                 return
 
+    def _write_held(self, held: list[bytes | memoryview]) -> None:
+        """Pool hook: write the frames held during a read batch, in one writev."""
+        if self._wbuf or self._in_w < 0:
+            self._wbuf.extend(held)
+            return
+        try:
+            written = os.writev(self._in_w, held[:1024])  # IOV_MAX
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the worker is gone; the exit watch will tell
+            self._broken_pipe = True
+            return
+        for chunk in held:
+            if written >= len(chunk):
+                written -= len(chunk)
+                continue
+            self._wbuf.append(memoryview(chunk)[written:] if written else chunk)
+            written = 0
+        if self._wbuf:
+            assert self._wevent is not None
+            self._wevent.set()
+
     def _send_body(self, body: bytes) -> None:
+        held = self._held
+        if held is not None:  # Pool hook: inside a read batch, written after it
+            held.append(frame_header(len(body)))
+            held.append(body)
+            return
         size = len(body)
         if size < _WRITEV_MIN:
             self._write(frame_header(size) + body)
@@ -146,6 +187,10 @@ class PipeEnds:
         self._wevent.set()
 
     def _write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:  # Pool hook: inside a read batch, written after it
+            held.append(data)
+            return
         if self._wbuf or self._in_w < 0:
             self._wbuf.append(data)
             return

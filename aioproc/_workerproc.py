@@ -432,7 +432,11 @@ class WorkerProcess(PipeEnds):
         if call.started and not call.is_async:
             if stop_if_sync:
                 self._stop_soon()
-            return
+                return
+            # Pool hook: a running sync *stream* reads CANCEL between items, so it
+            # can stop without its worker (pool.stream() left early).
+            if not isinstance(call, StreamCall):
+                return
         self._send_body(encode_body([Kind.CANCEL, call.id]))
 
     @property
