@@ -22,16 +22,20 @@ from ._errors import TaskError as TaskError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._errors import WorkerStartError as WorkerStartError
+from ._events import PoolEvent as PoolEvent
 from ._manager import ProcessInfo as ProcessInfo
 from ._manager import ProcessManager as ProcessManager
 from ._monitor import ProcessStats as ProcessStats
 from ._monitor import Rusage as Rusage
+from ._pool import Pool as Pool
+from ._poolstats import PoolStats as PoolStats
 from ._run import run as run
 from ._run import run_shell as run_shell
 from ._streams import OutputStream as OutputStream
 from ._subprocess import CompletedProcess as CompletedProcess
 from ._subprocess import Process as Process
 from ._subprocess import spawn as spawn
+from ._task import Task as Task
 from ._worker import Worker as Worker
 
 __version__ = "0.1.0"
@@ -44,8 +48,11 @@ __all__ = (
     "EndOfChannel",
     "OutputLimitExceeded",
     "OutputStream",
+    "Pool",
     "PoolBrokenError",
     "PoolClosed",
+    "PoolEvent",
+    "PoolStats",
     "Process",
     "ProcessInfo",
     "ProcessManager",
@@ -54,6 +61,7 @@ __all__ = (
     "ProtocolError",
     "QueueFull",
     "Rusage",
+    "Task",
     "TaskCancelledError",
     "TaskError",
     "TaskTimeoutError",
