@@ -61,6 +61,7 @@ __all__ = ["Dispatcher", "Slot"]
 _DEPTHS = ((100e-6, 16), (1e-3, 4), (5e-3, 2))
 #: Weight of the newest run time in the moving average.
 _AVG_WEIGHT = 0.1
+_SHORT_TASK, _MAX_DEPTH = _DEPTHS[0]
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 monotonic = time.monotonic
@@ -176,6 +177,8 @@ class Dispatcher:
         self.broken: BaseException | None = None
         #: After shutdown_timeout: crashed tasks are not retried any more.
         self.no_retry = False
+        self._started_cb = self._on_started  # bound once: set on every call
+        self._done_cb = self._on_done
         #: pool.stream() iterators waiting for their task to reach a worker.
         self.stream_waiters: dict[Task[Any], anyio.Event] = {}
         #: Called when a queued task left the queue (max_queue waiters).
@@ -251,8 +254,8 @@ class Dispatcher:
             self._unready(slot)  # exiting: its exit will be reported shortly
             return False
         call.tag = task
-        call.on_started = self._on_started
-        call.on_done = self._on_done
+        call.on_started = self._started_cb
+        call.on_done = self._done_cb
         task.call = call
         task.slot = slot
         if task.stream:
@@ -288,10 +291,15 @@ class Dispatcher:
     def _fill(self, slot: Slot) -> None:
         """Give *slot* queued tasks while it has room."""
         depth = self.depth
-        while len(slot.inflight) < depth and slot in self._ready:
-            task = self._next_queued()
-            if task is None:
-                return
+        inflight = slot.inflight
+        queue = self.queue
+        ready = self._ready
+        while queue and len(inflight) < depth and slot in ready:
+            task = queue.popleft()
+            if not task.in_queue:  # settled (e.g. cancelled) while it waited
+                continue
+            task.in_queue = False
+            self.n_deque -= 1
             if not self._send(slot, task):
                 task.in_queue = True
                 self.queue.appendleft(task)
@@ -343,8 +351,7 @@ class Dispatcher:
     # -- callbacks from the worker's reader -------------------------------------------
 
     def _on_started(self, call: Call) -> None:
-        task = call.tag
-        assert isinstance(task, Task)
+        task: Task[Any] = call.tag  # type: ignore[assignment]  # set by _send
         if task.call is not call:
             return
         slot: Slot = task.slot
@@ -354,7 +361,8 @@ class Dispatcher:
                 self.mark_stopping(slot, "cancel")
             return
         now = monotonic()
-        task._mark_running(now)
+        task._status = TaskStatus.RUNNING
+        task.started_at = now
         task.attempts += 1
         self.n_queued -= 1
         self.n_running += 1
@@ -367,13 +375,11 @@ class Dispatcher:
             self.hub.emit("task_started", pid=slot.pid, task_id=task.id)
 
     def _on_done(self, call: Call) -> None:
-        task = call.tag
-        assert isinstance(task, Task)
+        task: Task[Any] = call.tag  # type: ignore[assignment]  # set by _send
         if task.call is not call:
             return
         slot: Slot = task.slot
-        proc = slot.proc
-        assert proc is not None
+        proc: WorkerProcess = slot.proc  # type: ignore[assignment]
         if proc.exit_info is not None:
             self._worker_died(slot)
             return
@@ -387,11 +393,10 @@ class Dispatcher:
             inflight.remove(task)
         if call.started:
             slot.tasks_done += 1
-            now = monotonic()
-            run = now - task.started_at
+            run = monotonic() - task.started_at
             if task._callbacks is not None:
                 self.run_times.add(run)
-                error = call.error
+                error = call._error
                 if error is None:
                     self.finish(task, TaskStatus.COMPLETED, call._value)
                 elif isinstance(error, TaskCancelledError):
@@ -400,7 +405,7 @@ class Dispatcher:
                     self.finish(task, TaskStatus.FAILED, error)
             avg = self._avg_run
             avg = self._avg_run = run if avg is None else avg + _AVG_WEIGHT * (run - avg)
-            if avg >= _DEPTHS[0][0] or self.depth != _DEPTHS[0][1]:
+            if avg >= _SHORT_TASK or self.depth != _MAX_DEPTH:
                 self.depth = _depth_for(avg)
             if self._max_memory is not None:
                 rss = read_rss(proc.pid or 0)
@@ -415,7 +420,7 @@ class Dispatcher:
                     self.finish(task, TaskStatus.CANCELLED, cancelled_error(task))
                 else:
                     self.finish(task, TaskStatus.FAILED, error or RuntimeError("no result"))
-        if slot in self._ready and self.queue:
+        if self.queue and slot in self._ready:
             self._fill(slot)
         if not inflight and slot.state is WorkerState.BUSY:
             slot.state = WorkerState.IDLE
@@ -480,13 +485,13 @@ class Dispatcher:
         previous = task._status
         if not task._resolve(status, outcome):
             return False
-        if task.in_queue:  # left in the deque: skipped when it comes up
-            task.in_queue = False
-            self.n_deque -= 1
         if previous is TaskStatus.RUNNING:
             self.n_running -= 1
         else:
             self.n_queued -= 1
+            if task.in_queue:  # left in the deque: skipped when it comes up
+                task.in_queue = False
+                self.n_deque -= 1
             if self.on_room is not None:
                 self.on_room()
         if status is TaskStatus.COMPLETED:

@@ -57,6 +57,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from time import monotonic
 from types import TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
 
@@ -179,7 +180,11 @@ class Pool:
         self._sup = Supervisor(self._config, self._hub)
         self._dispatcher = self._sup.dispatcher
         self._tg: anyio.abc.TaskGroup | None = None
-        self._parker: Parker | None = None
+        self._parker: Parker = _not_entered  # the backend's own primitive once entered
+        # Read on every task: kept as plain attributes.
+        self._cancel = self._dispatcher.cancel
+        self._task_timeout = task_timeout
+        self._max_queue = max_queue
         self._next_id = 1
         self._room: list[anyio.Event] = []
 
@@ -290,23 +295,13 @@ class Pool:
         if retries < 0:
             raise ValueError(f"retries must be >= 0, not {retries}")
         if timeout is None:
-            timeout = self._config.task_timeout
+            timeout = self._task_timeout
         elif timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
-        parker = self._parker
-        assert parker is not None
         task_id = self._next_id
         self._next_id = task_id + 1
         task: Task[Any] = Task(
-            task_id,
-            fn,
-            args,
-            timeout=timeout,
-            retries=retries,
-            parker=parker,
-            canceller=self._dispatcher.cancel,
-            submitted_at=time.monotonic(),
-            stream=stream,
+            task_id, fn, args, timeout, retries, self._parker, self._cancel, monotonic(), stream
         )
         self._dispatcher.submit(task)
         return task
@@ -428,7 +423,7 @@ class Pool:
         :raises Exception: what *fn* raised, rebuilt, with the remote traceback
             as ``__cause__``.
         """
-        max_queue = self._config.max_queue
+        max_queue = self._max_queue
         if (
             self._state is PoolState.OPEN
             and self._dispatcher.broken is None
@@ -552,6 +547,10 @@ class Pool:
             f" queued={d.n_queued} running={d.n_running} completed={d.completed}"
             f" failed={d.failed} cancelled={d.cancelled}>"
         )
+
+
+async def _not_entered(task: Task[Any]) -> None:
+    raise RuntimeError("use 'async with Pool(...)'")
 
 
 def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:

@@ -93,7 +93,6 @@ class Task(Generic[T]):
         task_id: int,
         fn: Any,
         args: tuple[Any, ...],
-        *,
         timeout: float | None,
         retries: int,
         parker: Parker,

@@ -71,19 +71,11 @@ async def test_run_returns_the_result_of_an_async_function() -> None:
         assert await pool.run(poolfns.sleep_async, 0.001) == 0.001
 
 
-async def test_run_accepts_a_module_qualname_string() -> None:
+async def test_calling_convention_of_workers_holds_for_pool_tasks() -> None:
     async with small_pool() as pool:
-        assert await pool.run("tests.poolfns:add", 1, 1) == 2
-
-
-async def test_keyword_arguments_go_through_partial() -> None:
-    async with small_pool() as pool:
-        assert await pool.run(functools.partial(poolfns.add, b=10), 1) == 11
-
-
-async def test_tuples_come_back_as_tuples() -> None:
-    async with small_pool() as pool:
-        assert await pool.run(poolfns.echo, (1, [2, (3,)])) == (1, [2, (3,)])
+        assert await pool.run("tests.poolfns:add", 1, 1) == 2  # a qualname string
+        assert await pool.run(functools.partial(poolfns.add, b=10), 1) == 11  # keywords
+        assert await pool.run(poolfns.echo, (1, [2, (3,)])) == (1, [2, (3,)])  # tuples
 
 
 async def test_exception_of_the_function_comes_back_with_its_type() -> None:
@@ -130,12 +122,12 @@ async def test_submit_returns_an_awaitable_task_with_id_and_status() -> None:
 
 async def test_cancel_of_a_queued_task_means_it_never_starts() -> None:
     async with small_pool(max_workers=1) as pool:
-        blocker = pool.submit(poolfns.sleep_sync, 0.2)
+        blocker = pool.submit(poolfns.sleep_sync, 0.1)
         queued = pool.submit(poolfns.square, 3)
         assert queued.cancel()
         with pytest.raises(TaskCancelledError):
             await queued
-        assert await blocker == 0.2
+        assert await blocker == 0.1
         stats = pool.stats()
     assert stats.tasks.cancelled == 1
     assert stats.tasks.completed == 1
@@ -171,7 +163,7 @@ async def test_unordered_map_yields_every_result() -> None:
 
 
 async def test_unordered_map_yields_fast_items_first() -> None:
-    items = [(0.3, 0), (0.0, 1)]
+    items = [(0.15, 0), (0.0, 1)]
     async with small_pool(min_workers=2) as pool:
         got = await consume_map(pool, poolfns.echo_after, items, ordered=False)
     assert got == [1, 0]
@@ -227,7 +219,7 @@ async def test_leaving_map_early_cancels_outstanding_items() -> None:
 async def test_map_applies_timeout_per_item() -> None:
     async with small_pool() as pool:
         with pytest.raises(aioproc.TaskTimeoutError):
-            await consume_map(pool, poolfns.sleep_sync, [0.0, 5.0], timeout=0.3)
+            await consume_map(pool, poolfns.sleep_sync, [0.0, 5.0], timeout=0.1)
 
 
 # -- stream ---------------------------------------------------------------------------
@@ -268,7 +260,7 @@ async def test_clean_exit_drains_queued_and_running_tasks() -> None:
 
 async def submit_then_raise(tasks: list[Task[int]]) -> None:
     async with small_pool(max_workers=1) as pool:
-        tasks.extend(pool.submit(poolfns.sleepy_square, i, 0.2) for i in range(3))
+        tasks.extend(pool.submit(poolfns.sleepy_square, i, 0.1) for i in range(3))
         await anyio.sleep(0.05)
         raise KeyError("leave")
 
@@ -324,12 +316,12 @@ async def test_cancelled_caller_of_async_with_pool_leaves_no_worker() -> None:
 
 async def test_submit_on_a_full_queue_raises_queue_full() -> None:
     async with small_pool(max_workers=1, max_queue=2) as pool:
-        first = pool.submit(poolfns.sleep_sync, 0.2)
-        await anyio.sleep(0.1)  # running: no longer queued
+        first = pool.submit(poolfns.sleep_sync, 0.15)
+        await anyio.sleep(0.05)  # running: no longer queued
         rest = [pool.submit(poolfns.noop) for _ in range(2)]
         with pytest.raises(QueueFull):
             pool.submit(poolfns.noop)
-        assert await first == 0.2
+        assert await first == 0.15
         for task in rest:
             await task
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 TASKS = 2_000
 #: Each "tiny" task sleeps this long, so that the run lasts long enough for ~20 kills.
-TASK_SECONDS = 0.0005
+TASK_SECONDS = 0.0003
 
 
 async def run_under_fire(pool: Pool, retries: int) -> tuple[list[Task[float]], int]:

@@ -105,7 +105,7 @@ async def test_timeout_raises_and_replaces_the_worker() -> None:
     async with Pool(min_workers=1, max_workers=1) as pool:
         pid = await pool.run(poolfns.getpid)
         with pytest.raises(TaskTimeoutError) as info:
-            await pool.run(poolfns.sleep_sync, 10.0, timeout=0.2)
+            await pool.run(poolfns.sleep_sync, 10.0, timeout=0.1)
         assert isinstance(info.value, TimeoutError)
         assert await pool.run(poolfns.getpid) != pid
         stats = pool.stats()
@@ -114,17 +114,17 @@ async def test_timeout_raises_and_replaces_the_worker() -> None:
 
 
 async def test_task_timeout_is_the_default_timeout() -> None:
-    async with Pool(min_workers=1, max_workers=1, task_timeout=0.2) as pool:
+    async with Pool(min_workers=1, max_workers=1, task_timeout=0.1) as pool:
         with pytest.raises(TaskTimeoutError):
             await pool.run(poolfns.sleep_async, 10.0)
 
 
 async def test_timeout_counts_execution_not_queueing() -> None:
     async with Pool(min_workers=1, max_workers=1) as pool:
-        first = pool.submit(poolfns.sleep_sync, 0.3)
-        second = pool.submit(poolfns.sleep_sync, 0.1, timeout=0.25)
-        assert await first == 0.3
-        assert await second == 0.1
+        first = pool.submit(poolfns.sleep_sync, 0.15)
+        second = pool.submit(poolfns.sleep_sync, 0.05, timeout=0.12)
+        assert await first == 0.15
+        assert await second == 0.05
 
 
 # -- cancellation ---------------------------------------------------------------------
@@ -132,10 +132,10 @@ async def test_timeout_counts_execution_not_queueing() -> None:
 
 async def test_cancelled_caller_of_a_queued_task_never_starts_it() -> None:
     async with Pool(min_workers=1, max_workers=1) as pool:
-        blocker = pool.submit(poolfns.sleep_sync, 0.3)
+        blocker = pool.submit(poolfns.sleep_sync, 0.15)
         with anyio.move_on_after(0.05):
             await pool.run(poolfns.getpid)
-        assert await blocker == 0.3
+        assert await blocker == 0.15
         stats = pool.stats()
     assert stats.tasks.cancelled == 1
     assert stats.tasks.completed == 1
@@ -145,7 +145,7 @@ async def test_cancelled_caller_of_a_queued_task_never_starts_it() -> None:
 async def test_cancelled_async_function_is_cancelled_in_a_worker_that_lives_on() -> None:
     async with Pool(min_workers=1, max_workers=1) as pool:
         pid = await pool.run(poolfns.getpid)
-        with anyio.move_on_after(0.2):
+        with anyio.move_on_after(0.1):
             await pool.run(poolfns.sleep_async, 10.0)
         assert await pool.run(poolfns.getpid) == pid
         stats = pool.stats()
@@ -156,7 +156,7 @@ async def test_cancelled_async_function_is_cancelled_in_a_worker_that_lives_on()
 async def test_cancelled_sync_function_gets_its_worker_replaced() -> None:
     async with Pool(min_workers=1, max_workers=1) as pool:
         pid = await pool.run(poolfns.getpid)
-        with anyio.move_on_after(0.2):
+        with anyio.move_on_after(0.1):
             await pool.run(poolfns.sleep_sync, 10.0)
         assert await pool.run(poolfns.getpid) != pid
         assert pool.stats().tasks.cancelled == 1
