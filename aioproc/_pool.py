@@ -216,6 +216,8 @@ class Pool:
             await tg.start(self._sup.run)
         except BaseException as exc:
             await self._abort(exc)
+            if self._sup.crash is not None:
+                raise self._sup.crash from None
             raise
         if self._dispatcher.broken is not None:
             error = self._sup.broken_error()
@@ -225,15 +227,16 @@ class Pool:
         return self
 
     async def _abort(self, exc: BaseException) -> None:
+        """Entering failed: stop the supervisor and leave the task group."""
         tg, self._tg = self._tg, None
         self._state = PoolState.CLOSING
         with anyio.CancelScope(shield=True):
             self._sup.close(cancel_pending=True)
             await self._sup.wait_finished()
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                with contextlib.suppress(BaseException):  # the start error is what matters
-                    await tg.__aexit__(type(exc), exc, exc.__traceback__)
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            with contextlib.suppress(BaseException):  # the start error is what matters
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
         self._state = PoolState.CLOSED
         self._hub.close()
 
@@ -250,8 +253,10 @@ class Pool:
             if tg is not None:
                 try:
                     await tg.__aexit__(exc_type, exc, tb)
-                except BaseExceptionGroup as group:
-                    _raise_single(group)
+                except BaseException:
+                    if self._sup.crash is not None:  # a bug in the supervisor: say so
+                        raise self._sup.crash from None
+                    raise
         return None
 
     async def aclose(self, cancel_pending: bool = False) -> None:
@@ -551,21 +556,3 @@ class Pool:
 
 async def _not_entered(task: Task[Any]) -> None:
     raise RuntimeError("use 'async with Pool(...)'")
-
-
-def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the one real error of a task group (a supervisor bug), else the group."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        elif not isinstance(exc, cancelled):
-            leaves.append(exc)
-
-    walk(group)
-    if len(leaves) == 1:
-        raise leaves[0]
-    raise group

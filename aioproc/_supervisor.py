@@ -84,6 +84,19 @@ class PoolConfig:
     shutdown_timeout: float
 
 
+def _real_error(exc: BaseException) -> BaseException | None:
+    """The first error in *exc* (a group, perhaps) that is not a cancellation."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _real_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return None
+    return exc
+
+
 class _AnnouncingLauncher:
     """A launcher that reports ``worker_started`` once the process exists."""
 
@@ -146,6 +159,8 @@ class Supervisor:
         self._killed = False
         self._finished: anyio.Event | None = None
         self.done = False
+        #: The error that ended :meth:`run` other than by cancellation (a bug).
+        self.crash: BaseException | None = None
 
     # -- waking -----------------------------------------------------------------------
 
@@ -196,6 +211,9 @@ class Supervisor:
                     await self._sleep(self._next_wake(decision.wake_at, now))
                 await self._stop_all()
                 tg.cancel_scope.cancel()
+        except BaseException as exc:
+            self.crash = _real_error(exc)
+            raise
         finally:
             self.mode = Mode.CLOSING
             self.dispatcher.cancel_all()

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+import aioproc._supervisor
 from aioproc import (
     Pool,
     PoolBrokenError,
@@ -244,3 +245,42 @@ async def test_every_task_resolves_exactly_once_whatever_happens() -> None:
     assert stats.tasks.failed == outcomes["failed"] == 30
     assert stats.tasks.cancelled == 1
     assert stats.tasks.queued == stats.tasks.running == 0
+
+
+# -- a bug in the supervisor ----------------------------------------------------------
+
+
+class SupervisorBug(Exception):
+    pass
+
+
+def broken_decide(*args: object) -> object:
+    raise SupervisorBug("bug in the policy")
+
+
+async def use_pool_until_the_supervisor_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Pool(min_workers=1, max_workers=2) as pool:
+        monkeypatch.setattr(aioproc._supervisor, "decide", broken_decide)
+        first = pool.submit(poolfns.sleep_sync, 0.05)
+        await pool.run(poolfns.sleep_sync, 5.0)  # queued: wakes the supervisor
+        await first
+
+
+async def test_bug_in_the_supervisor_surfaces_from_async_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with anyio.fail_after(10), pytest.raises(SupervisorBug):
+        await use_pool_until_the_supervisor_fails(monkeypatch)
+
+
+async def enter_pool_with_a_broken_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aioproc._supervisor, "decide", broken_decide)
+    async with Pool(min_workers=1):
+        pass
+
+
+async def test_bug_in_the_supervisor_at_start_surfaces_from_entering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with anyio.fail_after(10), pytest.raises(SupervisorBug):
+        await enter_pool_with_a_broken_supervisor(monkeypatch)
