@@ -136,3 +136,8 @@ def echo_after(pair: tuple[float, object]) -> object:
     delay, value = pair
     time.sleep(delay)
     return value
+
+
+def where_am_i(name: str) -> tuple[str, str | None]:
+    """``(cwd, os.environ.get(name))`` of the worker."""
+    return os.getcwd(), os.environ.get(name)

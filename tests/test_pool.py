@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -338,3 +339,26 @@ async def test_run_waits_for_room_in_a_full_queue() -> None:
                 tg.start_soon(one, i)
         assert sorted(results) == [i * i for i in range(6)]
         assert pool.stats().tasks.submitted == 6
+
+
+# -- options ----------------------------------------------------------------------------
+
+
+async def test_env_and_cwd_reach_the_workers(tmp_path: Path) -> None:
+    env = {**os.environ, "POOL_TEST_VAR": "yes"}
+    async with small_pool(env=env, cwd=tmp_path) as pool:
+        cwd, value = await pool.run(poolfns.where_am_i, "POOL_TEST_VAR")
+    assert cwd == str(tmp_path)
+    assert value == "yes"
+
+
+async def test_spawn_start_method_runs_tasks_too() -> None:
+    async with small_pool(start_method="spawn", max_workers=1) as pool:
+        assert await pool.run(poolfns.add, 20, 22) == 42
+
+
+async def test_call_over_max_frame_fails_that_task_only() -> None:
+    async with small_pool(max_frame=4096) as pool:
+        with pytest.raises(aioproc.ProtocolError):
+            await pool.run(poolfns.echo, b"x" * 10_000)
+        assert await pool.run(poolfns.echo, b"small") == b"small"
