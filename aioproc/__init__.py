@@ -23,6 +23,7 @@ from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._errors import WorkerCrashedError as WorkerCrashedError
 from ._errors import WorkerStartError as WorkerStartError
 from ._events import PoolEvent as PoolEvent
+from ._job import Job as Job
 from ._manager import ProcessInfo as ProcessInfo
 from ._manager import ProcessManager as ProcessManager
 from ._monitor import ProcessStats as ProcessStats
@@ -31,6 +32,7 @@ from ._pool import Pool as Pool
 from ._poolstats import PoolStats as PoolStats
 from ._run import run as run
 from ._run import run_shell as run_shell
+from ._scheduler import Scheduler as Scheduler
 from ._streams import OutputStream as OutputStream
 from ._subprocess import CompletedProcess as CompletedProcess
 from ._subprocess import Process as Process
@@ -46,6 +48,7 @@ __all__ = (
     "CommandNotFoundError",
     "CompletedProcess",
     "EndOfChannel",
+    "Job",
     "OutputLimitExceeded",
     "OutputStream",
     "Pool",
@@ -61,6 +64,7 @@ __all__ = (
     "ProtocolError",
     "QueueFull",
     "Rusage",
+    "Scheduler",
     "Task",
     "TaskCancelledError",
     "TaskError",
