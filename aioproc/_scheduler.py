@@ -180,7 +180,8 @@ class Scheduler:
 
     async def aclose(self) -> None:
         """Stop taking jobs, cancel pending ones and wait for the runs in progress,
-        as leaving ``async with`` does. Idempotent; the context still closes."""
+        as leaving ``async with`` does. Idempotent. The state reads ``closing``
+        until the ``async with`` block ends, which still closes the task group."""
         if self._state is SchedulerState.NEW:
             self._state = SchedulerState.CLOSED
             return

@@ -5,7 +5,6 @@
 deterministically in tests: :meth:`ManualClock.advance` moves time and wakes every
 sleeper that is due, then :func:`settle` lets the woken tasks run::
 
-    import anyio
     from aioproc import Scheduler
     from aioproc.testing import ManualClock, settle
 
@@ -24,6 +23,13 @@ sleeper that is due, then :func:`settle` lets the woken tasks run::
                 await settle()
             await job.wait()                # max_runs reached: the job is done
         assert sent == [0.0, 3600.0, 7200.0]
+
+Call :func:`settle` once after scheduling and before the first ``advance()``: a
+job's driver task must have started to see time 0. If the clock moves first, the
+job finds its first tick already past (it runs late, and ticks missed by a whole
+interval are coalesced, as after a blocked event loop). Leaving the scheduler
+waits for runs in progress, so cancel a job whose run sleeps on a manual clock
+that nobody will advance.
 
 Code under test may sleep on the same clock (``await clock.sleep(5)``) to
 stand for slow work. ``ManualClock(wall=...)`` fixes the wall-clock reading used

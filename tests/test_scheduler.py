@@ -595,3 +595,8 @@ async def test_scheduler_repr_shows_state_and_counts(clock: ManualClock, rec: Re
     async with aioproc.Scheduler(clock=clock) as sched:
         sched.call_later(3, rec.tick)
         assert repr(sched).startswith("<Scheduler open jobs=1 pending=1 running=0")
+
+
+def test_scheduler_and_job_are_public_names() -> None:
+    assert {"Scheduler", "Job"} <= set(aioproc.__all__)
+    assert aioproc.Scheduler.__module__ == "aioproc._scheduler"
