@@ -105,14 +105,14 @@ class Call:
 
     async def wait(self) -> Any:
         """Wait for the call to end; its value (or its exception raised)."""
-        if not self.done:
+        while not self.done:  # a stream's waiter also wakes for items
             waiter = self._waiter = self._new_waiter()
             await waiter
         return self.result()
 
     async def wait_done(self) -> None:
         """Wait for the call to end, raising nothing."""
-        if not self.done:
+        while not self.done:
             waiter = self._waiter = self._new_waiter()
             await waiter
 

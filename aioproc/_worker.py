@@ -186,7 +186,9 @@ class Worker:
         finally:
             tg, self._tg = self._tg, None
             if tg is not None:
-                await tg.__aexit__(exc_type, exc, tb)
+                # The body's own exception propagates as it is (not wrapped in
+                # an ExceptionGroup); only a failure of our tasks would surface.
+                await tg.__aexit__(None, None, None)
         return None
 
     async def aclose(self) -> None:
@@ -236,6 +238,15 @@ class Worker:
             raise RuntimeError("the worker is not started: use 'async with Worker(...)'")
         return proc
 
+    def _serving(self) -> WorkerProcess:
+        """The process, for call()/stream(): not for a worker that runs main."""
+        proc = self._running()
+        if self._options.main is not None:
+            raise RuntimeError(
+                "this worker runs main=...; talk to it with send()/receive(), not call()/stream()"
+            )
+        return proc
+
     # -- calls -------------------------------------------------------------------
 
     @overload
@@ -282,7 +293,7 @@ class Worker:
         :raises Exception: what *fn* raised, rebuilt (or :class:`TaskError`),
             with the remote traceback as ``__cause__``.
         """
-        proc = self._running()
+        proc = self._serving()
         call = proc.submit(fn, args, report_started=timeout is not None)
         if timeout is None:
             try:
@@ -384,7 +395,7 @@ class _StreamContext(AsyncIterator[T]):
         self._proc: WorkerProcess | None = None
 
     async def __aenter__(self) -> _StreamContext[T]:
-        proc = self._worker._running()
+        proc = self._worker._serving()
         call = proc.submit(self._genfn, self._args, stream=True, window=STREAM_WINDOW)  # type: ignore[arg-type]
         assert isinstance(call, StreamCall)
         self._proc = proc

@@ -200,7 +200,7 @@ async def test_start_failure_from_initializer_carries_its_exception() -> None:
 
 
 async def test_start_timeout_kills_a_worker_that_never_handshakes() -> None:
-    options = WorkerOptions(initializer=wf.init_hangs, start_timeout=0.5)
+    options = WorkerOptions(initializer=wf.init_hangs, start_timeout=0.3)
     with anyio.fail_after(10), pytest.raises(WorkerStartError, match="no handshake"):
         await _start_only(options)
 

@@ -168,6 +168,12 @@ def kill_self(sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
+def write_garbage_to_parent() -> None:
+    """Writes a frame header announcing 4 GiB on the protocol pipe (fd 4 in a spawned worker)."""
+    os.write(4, b"\xff\xff\xff\xff")
+    time.sleep(30)
+
+
 def print_lots(lines: int) -> int:
     for i in range(lines):
         print(f"line {i} " + "x" * 100)
@@ -232,6 +238,10 @@ def init_fails() -> None:
 
 def init_hangs() -> None:
     time.sleep(30)
+
+
+def preloaded() -> bool:
+    return "tests.preload_marker" in sys.modules
 
 
 def start_thread() -> None:
