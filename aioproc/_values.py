@@ -211,9 +211,9 @@ def _name_of(fn: object) -> str:
             qualname = f"{self_obj.__qualname__}.{getattr(fn, '__name__', '?')}"
         else:
             raise TypeError(
-                f"bound method {qualname if qualname else repr(fn)} of a {_describe(self_obj)} object cannot be "
-                "sent to a worker: pass a module-level function (use functools.partial for "
-                "arguments)"
+                f"bound method {qualname if qualname else repr(fn)} of a "
+                f"{_describe(self_obj)} object cannot be sent to a worker: pass a "
+                "module-level function (use functools.partial for arguments)"
             )
     if not isinstance(qualname, str) or not isinstance(module_name, str):
         raise TypeError(
