@@ -59,7 +59,7 @@ from collections.abc import (
 )
 from time import monotonic
 from types import TracebackType
-from typing import Any, TypeVar, TypeVarTuple, overload
+from typing import Any, NoReturn, TypeVar, TypeVarTuple, overload
 
 import anyio
 import anyio.abc
@@ -217,7 +217,7 @@ class Pool:
         except BaseException as exc:
             await self._abort(exc)
             if self._sup.crash is not None:
-                raise self._sup.crash from None
+                _reraise(self._sup.crash)
             raise
         if self._dispatcher.broken is not None:
             error = self._sup.broken_error()
@@ -253,9 +253,13 @@ class Pool:
             if tg is not None:
                 try:
                     await tg.__aexit__(exc_type, exc, tb)
-                except BaseException:
+                except BaseException as error:
                     if self._sup.crash is not None:  # a bug in the supervisor: say so
-                        raise self._sup.crash from None
+                        _reraise(self._sup.crash)
+                    # The task group wraps the block's own exception: unwrap it.
+                    single = _single_error(error)
+                    if single is not None and single is not error:
+                        _reraise(single)
                     raise
         return None
 
@@ -556,3 +560,28 @@ class Pool:
 
 async def _not_entered(task: Task[Any]) -> None:
     raise RuntimeError("use 'async with Pool(...)'")
+
+
+def _single_error(error: BaseException) -> BaseException | None:
+    """The one real (non-cancellation) error in *error*, if there is exactly one."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, cancelled):
+            leaves.append(exc)
+
+    walk(error)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise *exc* as it was (its own cause and context, not the group it came in)."""
+    context, suppress = exc.__context__, exc.__suppress_context__
+    try:
+        raise exc
+    finally:
+        exc.__context__, exc.__suppress_context__ = context, suppress

@@ -362,3 +362,14 @@ async def test_call_over_max_frame_fails_that_task_only() -> None:
         with pytest.raises(aioproc.ProtocolError):
             await pool.run(poolfns.echo, b"x" * 10_000)
         assert await pool.run(poolfns.echo, b"small") == b"small"
+
+
+async def raise_from_the_block() -> None:
+    async with small_pool() as pool:
+        await pool.run(poolfns.fail, "from the worker")
+
+
+async def test_an_error_leaving_the_block_keeps_its_type_and_remote_traceback() -> None:
+    with pytest.raises(ValueError, match="from the worker") as info:
+        await raise_from_the_block()
+    assert "Traceback" in str(info.value.__cause__)
