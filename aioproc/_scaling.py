@@ -111,8 +111,10 @@ class WorkerFigures:
 class PoolFigures:
     """A snapshot of the pool: waiting tasks, workers, start failures, mode.
 
-    ``waiting`` counts submitted tasks no worker has started yet;
-    ``start_failures`` the consecutive failed starts (reset by a success).
+    ``waiting`` counts tasks waiting for a free worker: in the pool's queue, or
+    queued in a worker's pipe behind the call it runs (a task first in line on
+    an idle worker is not waiting); ``start_failures`` the consecutive failed
+    starts (reset by a success).
     """
 
     waiting: int
