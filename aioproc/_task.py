@@ -71,6 +71,7 @@ class Task(Generic[T]):
     __slots__ = (
         "_callbacks",
         "_canceller",
+        "_future",
         "_outcome",
         "_parker",
         "_status",
@@ -119,6 +120,8 @@ class Task(Generic[T]):
         self._status = TaskStatus.QUEUED
         self._outcome: Any = None
         self._callbacks: list[DoneCallback] | None = []
+        #: asyncio: the loop future of the first waiter (woken without a callback).
+        self._future: asyncio.Future[None] | None = None
         self._parker = parker
         self._canceller = canceller
 
@@ -164,6 +167,9 @@ class Task(Generic[T]):
         self._callbacks = None
         self._status = status
         self._outcome = outcome
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
         for callback in callbacks:
             callback(self)
         return True
@@ -210,6 +216,15 @@ def cancelled_error(task: Task[Any]) -> TaskCancelledError:
 
 async def _park_asyncio(task: Task[Any]) -> None:
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if task._future is None or task._future.done():
+        # The common case, one waiter (pool.run): woken directly by _resolve.
+        task._future = fut
+        try:
+            await fut
+        finally:
+            if task._future is fut:
+                task._future = None
+        return
 
     def wake(_: Task[Any]) -> None:
         if not fut.done():
