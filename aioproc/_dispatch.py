@@ -19,8 +19,8 @@ callbacks. The supervisor is only woken when the pool's shape may have to change
 
 **Pipelining.** A worker runs its calls one at a time, in order, so a few calls
 are kept queued ahead in its pipe to hide the round trip. How many depends on
-how long tasks take (an average of recent run times): up to 16 for tasks of a
-few microseconds, one (no pipelining) for tasks of 5 ms and more, so a long
+how long tasks take (an average of recent run times): 32 for tasks under 100
+microseconds, one (no pipelining) for tasks of 5 ms and more, so a long
 task never holds short ones hostage behind it while another worker is idle.
 Only a call the worker reported ``STARTED`` is *running*; the rest stay
 *queued* (and can be requeued on a crash without counting an attempt).
@@ -58,7 +58,7 @@ __all__ = ["Dispatcher", "Slot"]
 
 #: Calls kept queued in one worker's pipe, by the recent average task run time
 #: (one, no pipelining, until a first task has been timed).
-_DEPTHS = ((100e-6, 16), (1e-3, 4), (5e-3, 2))
+_DEPTHS = ((100e-6, 32), (1e-3, 4), (5e-3, 2))
 #: Weight of the newest run time in the moving average.
 _AVG_WEIGHT = 0.1
 _SHORT_TASK, _MAX_DEPTH = _DEPTHS[0]

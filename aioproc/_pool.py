@@ -30,9 +30,10 @@ Design of dispatch
   the pool's deque. No per-task asyncio/trio task, no task group, no channel.
 * **Refill from the reader.** When a worker answers, its reader settles the task
   and moves the next queued tasks onto that worker, in the same callback.
-* **Pipelining.** Each worker keeps a few calls queued in its pipe (up to 16 for
-  tasks of microseconds, none for tasks of 5 ms or more: adapted to a moving
-  average of run times), so it never waits a round trip between two tasks.
+* **Pipelining.** Each worker keeps calls queued in its pipe (32 for tasks under
+  100 µs, none for tasks of 5 ms or more: adapted to a moving average of run
+  times), so it never waits a round trip between two tasks, and reads and
+  writes come in batches.
 * **Running means started.** Workers report ``STARTED``; only then is a task
   *running* (wait time, timeout clock, attempt count). When a worker dies, its
   started task crashes (or is retried while it has ``retries``) and its
