@@ -30,8 +30,9 @@ from .protocol import Decoder, Kind, decode, encode, encode_body, frame_header
 
 __all__ = ["MAX_RECORD", "Channel", "PipeConn", "recv_record", "send_record"]
 
-#: Size of the reused read buffer (one ``readv`` per wake-up).
-READ_CHUNK = 256 * 1024
+#: Size of the reused read buffer (one ``readv`` per wake-up). Small: an idle
+#: worker's memory is mostly this buffer; big frames just take several reads.
+READ_CHUNK = 64 * 1024
 #: Bodies at least this big are written with writev (no header+body copy).
 _WRITEV_MIN = 64 * 1024
 

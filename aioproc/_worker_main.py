@@ -51,13 +51,18 @@ EXIT_PROTOCOL_ERROR = 3
 EXIT_SETUP_FAILED = 1
 
 
+_prctl: Any = None
+
+
 def set_pdeathsig(expected_parent: int, sig: int = signal.SIGKILL) -> None:
     """Ask for *sig* when the parent (thread) dies; exit now if it already has."""
+    global _prctl
     if sys.platform.startswith("linux"):
-        import ctypes
+        if _prctl is None:  # looked up once: the zygote's children inherit it
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     # The parent may have died before prctl took effect: then we were reparented.
     if os.getppid() != expected_parent:
         os._exit(1)

@@ -400,7 +400,7 @@ class WorkerProcess(PipeEnds):
         """
         self._check_running()
         ref, bound, kwargs = function_ref(fn)
-        call_args = [*bound, *args] if bound else args
+        call_args = [*bound, *args] if bound else list(args)
         flags = 0
         if report_started or (report_started is None and self.report_started):
             flags = CallFlag.REPORT_STARTED

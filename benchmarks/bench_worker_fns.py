@@ -1,0 +1,11 @@
+"""Worker targets of benchmarks/bench_worker.py (importable by every peer's workers)."""
+
+from __future__ import annotations
+
+
+def noop() -> None:
+    return None
+
+
+def echo(value: bytes) -> bytes:
+    return value
