@@ -17,7 +17,9 @@ Internal API (for the Pool and the ProcessManager)
     serves any number of workers, and ends with ``await zygote.aclose()`` (its
     workers die with it). One zygote per Pool.
 
-``aioproc._workerproc``
+``aioproc._workerproc`` (also re-exporting ``Call``/``StreamCall`` from
+``_calls`` and ``WorkerOptions``/``WorkerState``/``ExitInfo`` from ``_workerstate``;
+the pipe I/O is the ``_pipeends.PipeEnds`` base class)
     ``WorkerOptions(preload, initializer, initargs, main, cwd, max_frame,
     start_timeout)`` — frozen, shared by all workers of a pool.
 

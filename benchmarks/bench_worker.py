@@ -113,12 +113,13 @@ class _Pong(asyncio.Protocol):
         self.waiter: asyncio.Future[bytes] | None = None
         self.received = 0
         self.target = 0
+        self.mark = 0
         self.done: asyncio.Future[None] | None = None
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(data)
         self.received += len(data)
+        if self.waiter is not None and not self.waiter.done() and self.received >= self.mark:
+            self.waiter.set_result(data)
         if self.done is not None and self.received >= self.target and not self.done.done():
             self.done.set_result(None)
 
@@ -181,14 +182,18 @@ def floor_echo(size: int, count: int, in_flight: int) -> float:
         payload = b"x" * size
         proto.target = size * count
         proto.done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        # Keep `in_flight` messages outstanding: write as answers come back.
+        # Keep `in_flight` messages outstanding: write one more as each comes back.
         sent = 0
         while sent < count:
             while sent < count and sent * size - proto.received < in_flight * size:
                 wt.write(payload)
                 sent += 1
-            await asyncio.sleep(0)
+            proto.mark = (sent - in_flight + 1) * size
+            proto.waiter = loop.create_future()
+            if proto.received < proto.mark:
+                await proto.waiter
         await proto.done
         elapsed = time.perf_counter() - t0
         await _floor_close(pid, wt, rt)

@@ -278,3 +278,12 @@ async def test_call_on_a_main_worker_is_refused() -> None:
     async with Worker(main=wf.echo_main) as worker:
         with pytest.raises(RuntimeError, match="send"):
             await worker.call(wf.noop)
+
+
+async def test_oversize_frame_header_on_the_input_pipe_ends_the_worker() -> None:
+    async with Worker(max_frame=1000) as worker:
+        assert worker._proc is not None
+        worker._proc._write(b"\x7f\xff\xff\xff")  # announces 2 GiB, over max_frame
+        with pytest.raises(WorkerCrashedError) as info:
+            await worker.call(wf.noop)
+        assert info.value.exitcode == 3

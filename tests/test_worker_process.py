@@ -238,3 +238,14 @@ async def test_zygote_start_failure_carries_the_preload_error() -> None:
     with pytest.raises(WorkerStartError) as err:
         await _start_zygote_only(Zygote(preload=("no_such_module_xyz",)))
     assert isinstance(err.value.__cause__, ModuleNotFoundError)
+
+
+async def test_protocol_version_mismatch_is_a_clear_start_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aioproc._workerproc
+
+    monkeypatch.setattr(aioproc._workerproc, "PROTOCOL_VERSION", 99)
+    with pytest.raises(WorkerStartError) as err:
+        await _start_only(WorkerOptions())
+    assert "version mismatch" in str(err.value.__cause__)
