@@ -26,7 +26,7 @@ from typing import Any
 
 from ._errors import EndOfChannel, ProtocolError
 from ._values import check_sendable
-from .protocol import Decoder, Kind, decode, encode, encode_body, frame_header
+from .protocol import Decoder, Kind, decode, encode, encode_body, frame_header, make_packer
 
 __all__ = ["MAX_RECORD", "Channel", "PipeConn", "recv_record", "send_record"]
 
@@ -40,7 +40,17 @@ _WRITEV_MIN = 64 * 1024
 class PipeConn:
     """Blocking framed I/O on the worker's two pipe ends (worker side)."""
 
-    __slots__ = ("_buf", "_poll", "_view", "decoder", "eof", "in_fd", "max_frame", "out_fd")
+    __slots__ = (
+        "_big_packer",
+        "_buf",
+        "_poll",
+        "_view",
+        "decoder",
+        "eof",
+        "in_fd",
+        "max_frame",
+        "out_fd",
+    )
 
     def __init__(self, in_fd: int, out_fd: int, max_frame: int) -> None:
         self.in_fd = in_fd
@@ -52,6 +62,7 @@ class PipeConn:
         self._view = memoryview(self._buf)
         self._poll = select.poll()
         self._poll.register(in_fd, select.POLLIN)
+        self._big_packer: Any = None
 
     def read_batch(self, *, block: bool = True) -> list[Any]:
         """The messages that are ready; with *block*, wait for at least one read.
@@ -67,22 +78,38 @@ class PipeConn:
             if not block and not self._poll.poll(0):
                 return []
             try:
-                n = os.readv(self.in_fd, [self._buf])
+                messages = self._read_once()
             except BlockingIOError:
                 if not block:
                     return []
                 self._poll.poll()
                 continue
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
-            if n == 0:
-                self.eof = True
+            if messages is None:  # end of stream
                 if self.decoder.buffered:
                     raise ProtocolError("pipe closed in the middle of a frame")
                 return []
-            messages = self.decoder.feed(self._view[:n])
             if messages or not block:
                 return messages
+
+    def _read_once(self) -> list[Any] | None:
+        """One ``readv``: into the reused buffer, or straight into a big frame.
+
+        ``None`` at end of stream (and :attr:`eof` is set).
+        """
+        decoder = self.decoder
+        big = decoder.read_buffer()
+        if big is None:
+            n = os.readv(self.in_fd, [self._buf])
+            if n == 0:
+                self.eof = True
+                return None
+            return decoder.feed(self._view[:n])
+        with big:
+            n = os.readv(self.in_fd, [big])
+        if n == 0:
+            self.eof = True
+            return None
+        return decoder.filled(n)
 
     def read_ready(self) -> list[Any]:
         """The messages in what one non-blocking read returns (fd must be O_NONBLOCK).
@@ -90,13 +117,9 @@ class PipeConn:
         :raises ProtocolError: when the parent sent a bad frame.
         """
         try:
-            n = os.readv(self.in_fd, [self._buf])
+            return self._read_once() or []
         except BlockingIOError:
             return []
-        if n == 0:
-            self.eof = True
-            return []
-        return self.decoder.feed(self._view[:n])
 
     def readable(self) -> bool:
         """True when a read would not block."""
@@ -121,6 +144,34 @@ class PipeConn:
                 self.write_all(body)
             elif written < size + 4:
                 self.write_all(memoryview(body)[written - 4 :])
+
+    def send_in_place(self, message: object) -> None:
+        """Encode *message* into a reused buffer and write it from there (no copy
+        of the body: for big values). The caller has checked it is sendable.
+
+        :raises ProtocolError: when the body is longer than ``max_frame``.
+        :raises TypeError: when msgpack cannot carry it (nothing is written).
+        """
+        packer = self._big_packer
+        if packer is None:
+            packer = self._big_packer = make_packer(autoreset=False)
+        try:
+            packer.pack(message)
+            with packer.getbuffer() as body:
+                size = len(body)
+                if size > self.max_frame:
+                    raise ProtocolError(
+                        f"message of {size} bytes exceeds max_frame={self.max_frame}"
+                    )
+                header = frame_header(size)
+                written = os.writev(self.out_fd, [header, body])
+                if written < 4:
+                    self.write_all(header[written:])
+                    self.write_all(body)
+                elif written < size + 4:
+                    self.write_all(body[written - 4 :])
+        finally:
+            packer.reset()
 
     def send(self, message: object) -> None:
         """Encode and write *message* (must be sendable: internal messages)."""

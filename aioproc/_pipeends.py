@@ -26,14 +26,17 @@ from typing import Any
 import anyio
 
 from ._errors import ProtocolError
-from .protocol import Decoder, frame_header
+from .protocol import Decoder, frame_header, make_packer
 
-__all__ = ["PipeEnds"]
+__all__ = ["IN_PLACE_MIN", "PipeEnds"]
 
 #: Bytes read per wake-up (one readv into a reused buffer).
 READ_CHUNK = 256 * 1024
 #: Bodies at least this big are written header and body apart (no copy).
 _WRITEV_MIN = 64 * 1024
+#: Messages carrying a bytes value at least this big are packed into a reused
+#: buffer and written from it (see :meth:`PipeEnds._send_in_place`).
+IN_PLACE_MIN = 64 * 1024
 
 
 class PipeEnds:
@@ -49,35 +52,84 @@ class PipeEnds:
         self._broken_pipe = False
         self._protocol_error: ProtocolError | None = None
         self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
+        self._big_packer: Any = None  # for _send_in_place
         # Pool hook: frames held while a read batch is handled (see the docstring).
         self._held: list[bytes | memoryview] | None = None
 
     def _handle(self, message: Any) -> None:
         raise NotImplementedError
 
+    def _can_send_in_place(self) -> bool:
+        """Nothing queued ahead (order) and not inside a read batch (Pool hook)."""
+        return not self._wbuf and self._held is None and self._in_w >= 0
+
+    def _send_in_place(self, message: object, max_frame: int) -> None:
+        """Pack *message* into a reused buffer and write it from there; only the
+        part the pipe does not take now is copied (into the write backlog).
+
+        :raises ProtocolError: when the body is over *max_frame* (nothing written).
+        :raises TypeError, OverflowError: when msgpack cannot carry it.
+        """
+        packer = self._big_packer
+        if packer is None:
+            packer = self._big_packer = make_packer(autoreset=False)
+        try:
+            packer.pack(message)
+            with packer.getbuffer() as body:
+                size = len(body)
+                if size > max_frame:
+                    raise ProtocolError(
+                        f"call message of {size} bytes exceeds max_frame={max_frame}"
+                    )
+                header = frame_header(size)
+                try:
+                    written = os.writev(self._in_w, [header, body])
+                except BlockingIOError:
+                    written = 0
+                except OSError:  # the worker is gone; the exit watch will tell
+                    self._broken_pipe = True
+                    return
+                if written < 4:
+                    self._wbuf.append(header[written:])
+                    self._wbuf.append(bytes(body))
+                elif written < size + 4:
+                    self._wbuf.append(bytes(body[written - 4 :]))
+                else:
+                    return
+        finally:
+            packer.reset()
+        assert self._wevent is not None
+        self._wevent.set()
+
     def _read_available(self) -> bool:
         """Read and handle what the pipe holds; False at end of stream."""
         fd = self._out_r
         buf = self._rbuf
         size = len(buf)
+        decoder = self._decoder
         with memoryview(buf) as view:
             while True:
+                big = decoder.read_buffer()  # the rest of a big frame: read it in place
                 try:
-                    n = os.readv(fd, [buf])
+                    n = os.readv(fd, [big if big is not None else buf])
                 except BlockingIOError:
                     return True
+                finally:
+                    if big is not None:
+                        big.release()
                 if n == 0:
                     return False
                 held: list[bytes | memoryview] = []
                 self._held = held
                 try:
-                    for message in self._decoder.feed(view[:n]):
+                    messages = decoder.feed(view[:n]) if big is None else decoder.filled(n)
+                    for message in messages:
                         self._handle(message)
                 finally:
                     self._held = None
                     if held:
                         self._write_held(held)
-                if n < size:
+                if big is None and n < size:
                     return True
 
     async def _read_with_waits(self) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "check_sendable",
     "decode_exception",
     "encode_exception",
+    "explain_unsendable",
     "function_ref",
     "pack_checked",
     "resolve_ref",
@@ -134,7 +135,8 @@ def _find_problem(obj: object, path: str) -> str | None:
     )
 
 
-def _explain(obj: object, path: str, error: BaseException | None = None) -> TypeError:
+def explain_unsendable(obj: object, path: str, error: BaseException | None = None) -> TypeError:
+    """A TypeError naming the first unsendable part of *obj* (after packing failed)."""
     try:
         problem = _find_problem(obj, path)
     except RecursionError:
@@ -172,7 +174,7 @@ def pack_checked(message: object, value: object, path: str) -> bytes:
     try:
         return encode_body(message)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise _explain(value, path, exc) from None
+        raise explain_unsendable(value, path, exc) from None
 
 
 # -- function references ------------------------------------------------------------

@@ -45,6 +45,9 @@ _CO_ITERABLE_COROUTINE = 0x100
 _CO_ASYNC_GENERATOR = 0x200
 _PR_SET_PDEATHSIG = 1
 
+#: bytes results at least this big are sent without copying the body.
+_IN_PLACE_MIN = 64 * 1024
+
 #: Exit code of a worker that met a protocol error (bad frame from the parent).
 EXIT_PROTOCOL_ERROR = 3
 #: Exit code of a worker whose setup (preload, initializer, main script) failed.
@@ -157,6 +160,14 @@ class Server:
 
     def send_value(self, kind: int, call_id: int, value: object, path: str) -> bool:
         """Send RESULT/ITEM; on an unsendable or oversize value send ERROR. True if sent."""
+        if type(value) is bytes and len(value) >= _IN_PLACE_MIN:
+            # A big binary result: written from the packer's buffer, not copied.
+            try:
+                self.conn.send_in_place([kind, call_id, value])
+            except ProtocolError as exc:
+                self.send_error(call_id, ProtocolError(f"{path}: {exc}"))
+                return False
+            return True
         try:
             body = pack_checked([kind, call_id, value], value, path)
             if len(body) > self.conn.max_frame:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,8 +42,14 @@ from ._errors import (
 from ._fdio import set_pipe_size
 from ._launcher import ExitWatch, Launcher
 from ._monitor import ProcessStats, StatsSampler
-from ._pipeends import PipeEnds
-from ._values import decode_exception, function_ref, pack_checked
+from ._pipeends import IN_PLACE_MIN, PipeEnds
+from ._values import (
+    check_sendable,
+    decode_exception,
+    explain_unsendable,
+    function_ref,
+    pack_checked,
+)
 from ._workerstate import ExitInfo, WorkerOptions, WorkerState, asyncio_loop
 from .protocol import (
     PROTOCOL_VERSION,
@@ -303,10 +308,7 @@ class WorkerProcess(PipeEnds):
 
     def _protocol_failure(self, exc: ProtocolError) -> None:
         if self._protocol_error is None:
-            self._protocol_error = exc
-            print(
-                f"aioproc: worker {self.pid} sent a bad frame ({exc}); killing it", file=sys.stderr
-            )
+            self._protocol_error = exc  # pending calls will raise it
         self._signal(signal.SIGKILL)
 
     def _handle(self, message: Any) -> None:
@@ -408,16 +410,25 @@ class WorkerProcess(PipeEnds):
             flags |= CallFlag.STREAM
         call_id = self._next_id
         self._next_id = call_id + 1
-        body = pack_checked([Kind.CALL, call_id, ref, call_args, kwargs, flags], args, "args")
-        if len(body) > self.options.max_frame:
-            raise ProtocolError(
-                f"call message of {len(body)} bytes exceeds max_frame={self.options.max_frame}"
-            )
+        message = [Kind.CALL, call_id, ref, call_args, kwargs, flags]
+        if _has_big_bytes(args) and self._can_send_in_place():
+            # Checked, then packed and written from a reused buffer (no copy).
+            check_sendable(args, "args")
+            try:
+                self._send_in_place(message, self.options.max_frame)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise explain_unsendable(args, "args", exc) from None
+        else:
+            body = pack_checked(message, args, "args")
+            if len(body) > self.options.max_frame:
+                raise ProtocolError(
+                    f"call message of {len(body)} bytes exceeds max_frame={self.options.max_frame}"
+                )
+            self._send_body(body)
         call: Call = (
             StreamCall(call_id, self, window) if stream else Call(call_id, self._new_waiter)
         )
         self._calls[call_id] = call
-        self._send_body(body)
         if stream:
             self._write(_credit_frame(call_id, window))
         return call
@@ -551,6 +562,11 @@ class WorkerProcess(PipeEnds):
             f"<WorkerProcess pid={self.pid} state={self.state.value} "
             f"pending={len(self._calls)} done={self.calls_done}>"
         )
+
+
+def _has_big_bytes(args: Sequence[Any]) -> bool:
+    """True when a positional argument is a big bytes object (worth the no-copy path)."""
+    return any(type(a) is bytes and len(a) >= IN_PLACE_MIN for a in args)
 
 
 def _credit_frame(call_id: int, credit: int) -> bytes:

@@ -33,6 +33,7 @@ import msgpack
 from ._errors import ProtocolError
 
 __all__ = [
+    "BIG_FRAME",
     "DEFAULT_MAX_FRAME",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
@@ -45,6 +46,7 @@ __all__ = [
     "encode",
     "encode_body",
     "frame_header",
+    "make_packer",
 ]
 
 #: Version spoken by this aioproc; both handshake frames carry it.
@@ -170,6 +172,15 @@ def _packer() -> _PackerLease:
     return _LEASE
 
 
+def make_packer(*, autoreset: bool = True) -> msgpack.Packer:
+    """A msgpack Packer with this protocol's rules (tuples, subclasses, strict types).
+
+    With ``autoreset=False`` a writer can send ``packer.getbuffer()`` without the
+    copy that ``pack()`` makes for its return value, then ``reset()``.
+    """
+    return msgpack.Packer(default=_default, strict_types=True, autoreset=autoreset)
+
+
 def encode_body(message: object) -> bytes:
     """The msgpack bytes of *message*, without the length prefix.
 
@@ -227,6 +238,11 @@ def decode(body: bytes | bytearray | memoryview) -> Any:
         raise ProtocolError(f"frame is not a valid msgpack value: {exc}") from exc
 
 
+#: A partial frame at least this big gets its own buffer of the exact size, which a
+#: reader can fill straight from the pipe (see :meth:`Decoder.read_buffer`).
+BIG_FRAME = 128 * 1024
+
+
 class Decoder:
     """Splits a byte stream into messages.
 
@@ -235,21 +251,57 @@ class Decoder:
     frame header announcing more than ``max_frame`` bytes raises at once, before
     any of that body is buffered. After an error the decoder stays broken: every
     later ``feed`` raises the same :class:`ProtocolError`.
+
+    Big frames (at least :data:`BIG_FRAME` bytes) can skip a copy: while one is
+    incomplete, :meth:`read_buffer` returns a writable view of its missing part;
+    a reader fills it (``os.readv(fd, [view])``) and reports the count with
+    :meth:`filled`. ``feed`` keeps working at any time.
     """
 
-    __slots__ = ("_broken", "_buf", "max_frame")
+    __slots__ = ("_big", "_big_filled", "_broken", "_buf", "_spare", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._big: memoryview | None = None  # body of an incomplete big frame
+        self._big_filled = 0
+        self._spare = bytearray()  # reused for big frames (no fresh pages each time)
         self._broken: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete frame held back."""
-        return len(self._buf)
+        return len(self._buf) + (4 + self._big_filled if self._big is not None else 0)
+
+    def read_buffer(self) -> memoryview | None:
+        """A writable view of the missing part of an incomplete big frame, else ``None``."""
+        big = self._big
+        if big is None:
+            return None
+        return big[self._big_filled :]
+
+    def filled(self, count: int) -> list[Any]:
+        """*count* bytes were written into :meth:`read_buffer`; the message, once complete.
+
+        :raises ProtocolError: when the completed body is not one msgpack value.
+        """
+        big = self._big
+        if big is None:
+            raise RuntimeError("filled() without a read_buffer()")
+        self._big_filled += count
+        if self._big_filled < len(big):
+            return []
+        self._big = None
+        self._big_filled = 0
+        try:
+            return [decode(big)]
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+        finally:
+            big.release()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Add *data*; return every message it completes, in order.
@@ -259,13 +311,24 @@ class Decoder:
         """
         if self._broken is not None:
             raise self._broken
+        out: list[Any] = []
+        if self._big is not None:
+            view = self.read_buffer()
+            assert view is not None
+            with memoryview(data) as incoming:
+                taken = min(len(view), len(incoming))
+                view[:taken] = incoming[:taken]
+                view.release()
+                out.extend(self.filled(taken))
+                if taken == len(incoming):
+                    return out
+                data = bytes(incoming[taken:])
         buf = self._buf
         if buf:
             buf += data
             source: bytes | bytearray | memoryview = buf
         else:
             source = data
-        out: list[Any] = []
         total = len(source)
         pos = 0
         max_frame = self.max_frame
@@ -280,6 +343,15 @@ class Decoder:
                         )
                     end = pos + 4 + size
                     if end > total:
+                        if size >= BIG_FRAME:
+                            # Give the body a buffer of its own, to be read into.
+                            if len(self._spare) < size:
+                                self._spare = bytearray(size)
+                            big = memoryview(self._spare)[:size]
+                            part = total - pos - 4
+                            big[:part] = view[pos + 4 : total]
+                            self._big, self._big_filled = big, part
+                            pos = total
                         break
                     out.append(decode(view[pos + 4 : end]))
                     pos = end
@@ -295,5 +367,5 @@ class Decoder:
         return out
 
     def __repr__(self) -> str:
-        state = "broken" if self._broken is not None else f"buffered={len(self._buf)}"
+        state = "broken" if self._broken is not None else f"buffered={self.buffered}"
         return f"<Decoder max_frame={self.max_frame} {state}>"

@@ -299,8 +299,8 @@ async def aioproc_spawn_start(n: int) -> list[float]:
     return samples
 
 
-async def aioproc_uss(start_method: str) -> int:
-    async with Worker(start_method=start_method) as worker:
+async def aioproc_uss(start_method: str, preload: tuple[str, ...] = ()) -> int:
+    async with Worker(start_method=start_method, preload=preload) as worker:
         await worker.call(fns.noop)
         await anyio.sleep(0.2)
         return worker.stats().uss
@@ -520,8 +520,12 @@ def main() -> None:
     floor_b = floor_uss()
     record(bench, "floor: forked msgpack worker", "-", floor_b / MIB, "MiB", floor_b / MIB)
     table.append((bench, "floor: forked msgpack worker", "-", f"{floor_b / MIB:.2f} MiB", "1.00"))
-    for method in ("forkserver", "spawn"):
-        value_b = run_backend("asyncio", aioproc_uss, method)
+    for method, preload in (
+        ("forkserver", ()),
+        ("forkserver, preload=fns", ("benchmarks.bench_worker_fns",)),
+        ("spawn", ()),
+    ):
+        value_b = run_backend("asyncio", aioproc_uss, method.split(",")[0], preload)
         record(bench, f"aioproc Worker ({method})", "asyncio", value_b / MIB, "MiB", floor_b / MIB)
         table.append(
             (

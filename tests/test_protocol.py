@@ -123,3 +123,25 @@ def test_protocol_module_never_imports_anyio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_big_frames_can_be_read_in_place_in_any_split() -> None:
+    import random
+
+    messages = [b"x" * 300_000, [1, 2], b"y" * 200_000, "s", {"k": b"z" * 140_000}]
+    data = b"".join(encode(m) for m in messages)
+    rng = random.Random(7)
+    for _ in range(50):
+        decoder, out, pos = Decoder(), [], 0
+        while pos < len(data):
+            view = decoder.read_buffer()
+            if view is not None and rng.random() < 0.5:
+                n = min(len(view), rng.randint(1, 100_000), len(data) - pos)
+                view[:n] = data[pos : pos + n]
+                view.release()
+                out.extend(decoder.filled(n))
+            else:
+                n = rng.randint(1, 150_000)
+                out.extend(decoder.feed(data[pos : pos + n]))
+            pos += n
+        assert out == messages

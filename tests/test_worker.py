@@ -287,3 +287,18 @@ async def test_oversize_frame_header_on_the_input_pipe_ends_the_worker() -> None
         with pytest.raises(WorkerCrashedError) as info:
             await worker.call(wf.noop)
         assert info.value.exitcode == 3
+
+
+async def test_big_bytes_round_trip_intact() -> None:
+    payload = os.urandom(3 * 2**20)
+    async with Worker() as worker:
+        assert await worker.call(wf.echo, payload) == payload
+
+
+async def test_big_message_over_max_frame_fails_that_call_only() -> None:
+    async with Worker(max_frame=100_000) as worker:
+        with pytest.raises(ProtocolError, match="max_frame"):
+            await worker.call(wf.echo, b"x" * 200_000)
+        with pytest.raises(ProtocolError, match="max_frame"):
+            await worker.call(functools.partial(bytes, 200_000))
+        assert await worker.call(wf.echo_bytes_len, b"x" * 90_000) == 90_000
