@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from aioproc import Worker  # noqa: E402
 from aioproc._launcher import Zygote  # noqa: E402
 from aioproc._workerproc import WorkerOptions, WorkerProcess  # noqa: E402
-from benchmarks import bench_worker_fns as fns  # noqa: E402
+from benchmarks import _worker_targets as fns  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_worker.json"
 MIB = 1 << 20
@@ -522,7 +522,7 @@ def main() -> None:
     table.append((bench, "floor: forked msgpack worker", "-", f"{floor_b / MIB:.2f} MiB", "1.00"))
     for method, preload in (
         ("forkserver", ()),
-        ("forkserver, preload=fns", ("benchmarks.bench_worker_fns",)),
+        ("forkserver, preload=fns", ("benchmarks._worker_targets",)),
         ("spawn", ()),
     ):
         value_b = run_backend("asyncio", aioproc_uss, method.split(",")[0], preload)
