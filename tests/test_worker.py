@@ -148,6 +148,7 @@ async def test_timeout_of_a_sync_function_stops_the_worker_for_good() -> None:
 async def test_cancelling_the_caller_cancels_an_async_call_in_the_worker(tmp_path: Any) -> None:
     marker = tmp_path / "mark"
     async with Worker() as worker:
+        await worker.call(wf.async_add, 1, 1)  # async mode up (anyio imported) first
         with anyio.move_on_after(0.15):
             await worker.call(wf.async_sleep_then_mark, 30, str(marker))
         assert await worker.call(wf.add, 1, 1) == 2
