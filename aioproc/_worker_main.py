@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import struct
 import sys
 from collections import deque
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from ._channel import Channel, PipeConn
 from ._errors import ProtocolError
 from ._values import encode_exception, pack_checked, resolve_ref
-from .protocol import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, CallFlag, Kind, encode_body
+from .protocol import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, CallFlag, Kind, encode_body, make_packer
 
 __all__ = ["is_async_callable", "main", "prepare_process", "run_forked", "serve"]
 
@@ -44,6 +45,12 @@ _CO_COROUTINE = 0x80
 _CO_ITERABLE_COROUTINE = 0x100
 _CO_ASYNC_GENERATOR = 0x200
 _PR_SET_PDEATHSIG = 1
+
+#: Result types packed straight away (exact types; the packer checks the rest).
+_PLAIN_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+#: Below this, a frame is written as one header+body string.
+_SMALL_BODY = 64 * 1024
+_pack_header = struct.Struct(">I").pack
 
 #: bytes results at least this big are sent without copying the body.
 _IN_PLACE_MIN = 64 * 1024
@@ -115,7 +122,10 @@ class Server:
         #: Id of the call running now, if any.
         self.current_id: int | None = None
         self._refs: dict[str, Any] = {}
+        #: ref -> (function, is async): the hot path's one dict lookup.
+        self._kinds: dict[str, tuple[Any, bool]] = {}
         self._main_loaded = False
+        self._packer = make_packer()  # this loop's own (no thread-local lookup)
 
     # -- helpers shared with the async loop ------------------------------------
 
@@ -160,6 +170,17 @@ class Server:
 
     def send_value(self, kind: int, call_id: int, value: object, path: str) -> bool:
         """Send RESULT/ITEM; on an unsendable or oversize value send ERROR. True if sent."""
+        if type(value) in _PLAIN_SCALARS:
+            # The common case, kept short: an exact scalar needs no walk; the
+            # packer itself rejects what it cannot carry (then: the slow path).
+            try:
+                body = self._packer.pack([kind, call_id, value])
+            except (TypeError, ValueError, OverflowError):
+                pass
+            else:
+                if len(body) < _SMALL_BODY and len(body) <= self.conn.max_frame:
+                    self.conn.write_all(_pack_header(len(body)) + body)
+                    return True
         if type(value) is bytes and len(value) >= _IN_PLACE_MIN:
             # A big binary result: written from the packer's buffer, not copied.
             try:
@@ -254,12 +275,16 @@ class Server:
 
     def _run_call(self, message: list[Any]) -> None:
         _, call_id, ref, args, kwargs, flags = message
-        try:
-            fn = self.resolve(ref)
-        except BaseException as exc:
-            self.send_error(call_id, exc)
-            return
-        if is_async_callable(fn):
+        known = self._kinds.get(ref)
+        if known is None:
+            try:
+                fn = self.resolve(ref)
+            except BaseException as exc:
+                self.send_error(call_id, exc)
+                return
+            known = self._kinds[ref] = (fn, is_async_callable(fn))
+        fn, is_async = known
+        if is_async:
             raise _SwitchToAsync(message, fn)
         if flags & CallFlag.STREAM:
             self._run_stream(call_id, fn, args, kwargs, flags)

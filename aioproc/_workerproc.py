@@ -57,6 +57,7 @@ from .protocol import (
     Kind,
     encode_body,
     frame_header,
+    make_packer,
 )
 
 __all__ = [
@@ -96,6 +97,7 @@ class WorkerProcess(PipeEnds):
         report_started: bool = False,
     ) -> None:
         super().__init__(options.max_frame)
+        self._packer = make_packer()  # used from the event loop's thread only
         self.options = options
         self.launcher = launcher
         self.on_exit = on_exit
@@ -411,7 +413,11 @@ class WorkerProcess(PipeEnds):
         call_id = self._next_id
         self._next_id = call_id + 1
         message = [Kind.CALL, call_id, ref, call_args, kwargs, flags]
-        if _has_big_bytes(args) and self._can_send_in_place():
+        body = _pack_plain(self._packer, message, args)
+        if body is not None and len(body) <= self.options.max_frame:
+            # The common case: a few exact scalars.
+            self._send_body(body)
+        elif _has_big_bytes(args) and self._can_send_in_place():
             # Checked, then packed and written from a reused buffer (no copy).
             check_sendable(args, "args")
             try:
@@ -562,6 +568,23 @@ class WorkerProcess(PipeEnds):
             f"<WorkerProcess pid={self.pid} state={self.state.value} "
             f"pending={len(self._calls)} done={self.calls_done}>"
         )
+
+
+_PLAIN_ARGS = frozenset({type(None), bool, int, float, str, bytes})
+_PLAIN_MAX = 32 * 1024
+
+
+def _pack_plain(packer: Any, message: list[Any], args: Sequence[Any]) -> bytes | None:
+    """The body of a call whose arguments are a few small exact scalars, else None
+    (then the full check runs: it names the type and path of what is wrong)."""
+    for arg in args:
+        if type(arg) not in _PLAIN_ARGS:
+            return None
+    try:
+        body: bytes = packer.pack(message)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return body if len(body) < _PLAIN_MAX else None
 
 
 def _has_big_bytes(args: Sequence[Any]) -> bool:
