@@ -170,7 +170,10 @@ class Server:
 
     def send_value(self, kind: int, call_id: int, value: object, path: str) -> bool:
         """Send RESULT/ITEM; on an unsendable or oversize value send ERROR. True if sent."""
-        if type(value) in _PLAIN_SCALARS:
+        kind_of = type(value)
+        if kind_of in _PLAIN_SCALARS and not (
+            (kind_of is bytes or kind_of is str) and len(value) >= _SMALL_BODY  # type: ignore[arg-type]
+        ):
             # The common case, kept short: an exact scalar needs no walk; the
             # packer itself rejects what it cannot carry (then: the slow path).
             try:

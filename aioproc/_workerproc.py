@@ -578,7 +578,8 @@ def _pack_plain(packer: Any, message: list[Any], args: Sequence[Any]) -> bytes |
     """The body of a call whose arguments are a few small exact scalars, else None
     (then the full check runs: it names the type and path of what is wrong)."""
     for arg in args:
-        if type(arg) not in _PLAIN_ARGS:
+        kind = type(arg)
+        if kind not in _PLAIN_ARGS or ((kind is bytes or kind is str) and len(arg) > _PLAIN_MAX):
             return None
     try:
         body: bytes = packer.pack(message)
