@@ -1,6 +1,6 @@
 """ProcessManager: a registry of every child started through it.
 
-Each ``run``/``run_shell``/``start`` (and, later, ``start_worker``) creates a
+Each ``run``/``run_shell``/``start``/``start_worker`` creates a
 record before anything starts, so a child that cannot start is still listed
 (status ``"failed"``, ``error`` says why). The record follows the child through
 hooks, never by polling::
@@ -25,14 +25,18 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from ._monitor import Rusage
 from ._run import run_impl
 from ._spawn import StderrSpec, StdioSpec
 from ._subprocess import CompletedProcess, Process, start_process
+
+if TYPE_CHECKING:
+    from ._worker import Worker
 
 __all__ = ["ProcessInfo", "ProcessManager"]
 
@@ -184,12 +188,17 @@ class ProcessManager:
         self._owned: dict[int, Callable[[], Awaitable[object]]] = {}
         self._next_id = 1
         self._state = _State.NEW
+        #: Hosts the workers started with start_worker (entered in __aenter__).
+        self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> ProcessManager:
         if self._state is not _State.NEW:
             raise RuntimeError(f"ProcessManager is {self._state.value}; it can be entered once")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
         self._state = _State.OPEN
         return self
 
@@ -199,7 +208,14 @@ class ProcessManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None:
+                # Every hosted worker was closed by aclose(); their tasks end now.
+                # The body's own exception propagates as it is.
+                await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Stop everything still running, release what the manager owns.
@@ -416,14 +432,85 @@ class ProcessManager:
         await anyio.lowlevel.checkpoint()
         return process
 
-    # ------------------------------------------------------------------------------
-    # start_worker(**options) -> Worker: added by the worker layer's owner once
-    # the Worker exists. Register it with self._new_record("worker", ...), set
-    # worker.id = record.id and record.pid, record.stopper = worker.stop (takes a
-    # grace), self._owned[record.id] = worker.aclose, and call
-    # record.exited(code, None) when it ends (record.failed(exc) if it cannot
-    # start). Import the worker module inside the method, not at the top.
-    # ------------------------------------------------------------------------------
+    async def start_worker(
+        self,
+        *,
+        preload: Sequence[str] = (),
+        initializer: Callable[..., object] | str | None = None,
+        initargs: Sequence[Any] = (),
+        main: Callable[..., object] | str | None = None,
+        start_method: str = "spawn",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        max_frame: int = 64 * 2**20,
+    ) -> Worker:
+        """Start a :class:`~aioproc.Worker` (same options) owned by the manager
+        until it closes (you may close it earlier with ``await worker.aclose()``).
+        Registered as kind ``"worker"``; ``worker.id`` is the record's id, and the
+        record follows the worker to its exit code or signal.
+
+        The worker lives in a task of the manager's own task group, so it may be
+        started from any task and is closed in the right order when the manager
+        closes.
+
+        :raises RuntimeError: when the manager is not open.
+        :raises WorkerStartError: when the worker cannot start (the record stays,
+            with status ``"failed"``).
+        """
+        from ._worker import Worker  # the worker layer sits above this module's imports
+
+        describe = [f"start_method={start_method}"]
+        if main is not None:
+            describe.append(f"main={main if isinstance(main, str) else _qualname(main)}")
+        if preload:
+            describe.append(f"preload={','.join(preload)}")
+        record = self._new_record("worker", describe)
+        worker = Worker(
+            preload=preload,
+            initializer=initializer,
+            initargs=initargs,
+            main=main,
+            start_method=start_method,
+            env=env,
+            cwd=cwd,
+            max_frame=max_frame,
+        )
+        assert self._tg is not None
+        try:
+            await self._tg.start(self._host_worker, worker, record)
+        except BaseException as exc:
+            record.failed(exc)
+            raise
+        self._owned[record.id] = worker.aclose
+        return worker
+
+    @staticmethod
+    async def _host_worker(
+        worker: Worker,
+        record: _Record,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run *worker* inside the manager's task group until it exits."""
+        async with worker:
+            proc = worker._proc
+            assert proc is not None
+            worker.id = record.id
+            record.pid = worker.pid
+
+            async def stopper(grace: float | None) -> None:
+                await worker.stop(5.0 if grace is None else grace)
+                await record.done.wait()  # this task records the exit first
+
+            record.stopper = stopper
+            task_status.started()
+            info = await proc.wait_exit()
+        record.stopper = None
+        code = info.returncode
+        if code is None:  # nobody could tell (its zygote died first)
+            record.failed(RuntimeError("the worker's exit status was lost"))
+        else:
+            record.exited(code, None)
 
     # -- the registry ---------------------------------------------------------------
 
@@ -463,3 +550,8 @@ class ProcessManager:
         return (
             f"<ProcessManager {self._state.value} records={len(self._records)} running={running}>"
         )
+
+
+def _qualname(obj: object) -> str:
+    module = getattr(obj, "__module__", "?")
+    return f"{module}:{getattr(obj, '__qualname__', repr(obj))}"
