@@ -61,7 +61,6 @@ them so); several may be queued on the pipe at once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -141,6 +140,8 @@ class Worker:
         self._zygote: Zygote | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
+        #: The id of its record when started by a :class:`~aioproc.ProcessManager`.
+        self.id: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -168,9 +169,12 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 if self._zygote is not None:
                     await self._zygote.aclose()
-                tg.cancel_scope.cancel()
-                with contextlib.suppress(BaseException):
-                    await tg.__aexit__(None, None, None)
+            # Exit the task group in its own scope (not inside the shield above,
+            # which would leave the cancel-scope stack out of order). Cancelled
+            # first, it returns at once unless an outer cancellation is pending,
+            # which then propagates.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
             self._closed = True
             if isinstance(exc, WorkerStartError | TypeError | ValueError):
                 raise exc from exc.__cause__
