@@ -37,6 +37,7 @@ from ._subprocess import CompletedProcess, Process, start_process
 
 if TYPE_CHECKING:
     from ._worker import Worker
+    from ._workerproc import WorkerProcess
 
 __all__ = ["ProcessInfo", "ProcessManager"]
 
@@ -498,19 +499,27 @@ class ProcessManager:
             worker.id = record.id
             record.pid = worker.pid
 
+            def on_exit(proc: WorkerProcess) -> None:
+                # Runs where the exit is learnt, before anyone waiting on it
+                # resumes: after ``await worker.aclose()`` the record is final.
+                info = proc.exit_info
+                assert info is not None
+                if info.returncode is None:  # nobody could tell (its zygote died first)
+                    record.failed(RuntimeError("the worker's exit status was lost"))
+                else:
+                    record.exited(info.returncode, None)
+
+            proc.on_exit = on_exit
+            if proc.exit_info is not None:
+                on_exit(proc)
+
             async def stopper(grace: float | None) -> None:
                 await worker.stop(5.0 if grace is None else grace)
-                await record.done.wait()  # this task records the exit first
 
             record.stopper = stopper
             task_status.started()
-            info = await proc.wait_exit()
+            await proc.wait_exit()
         record.stopper = None
-        code = info.returncode
-        if code is None:  # nobody could tell (its zygote died first)
-            record.failed(RuntimeError("the worker's exit status was lost"))
-        else:
-            record.exited(code, None)
 
     # -- the registry ---------------------------------------------------------------
 

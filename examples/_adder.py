@@ -6,10 +6,6 @@ from typing import Any
 
 
 def main(channel: Any) -> None:
-    """Reply to each list of numbers with its sum, until the parent closes."""
-    while True:
-        try:
-            numbers = channel.receive()
-        except EOFError:
-            return
+    """Reply to each list of numbers with its sum, until the parent closes the channel."""
+    for numbers in channel:
         channel.send(sum(numbers))

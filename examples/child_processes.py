@@ -63,6 +63,7 @@ async def main() -> None:
         print("== what ran (ProcessManager)")
         for info in pm.list():
             args = info.args if isinstance(info.args, str) else " ".join(map(str, info.args))
+            args = " ".join(args.split())  # one line, whatever the command held
             print(
                 f"  #{info.id:<2} {info.kind:<6} {info.status:<8} rc={info.returncode!s:<4} "
                 f"{(info.duration or 0) * 1000:7.1f} ms  {args[:50]}"

@@ -14,24 +14,25 @@ import aioproc
 
 
 async def main() -> None:
-    async with aioproc.Pool(min_workers=2) as pool, aioproc.Scheduler() as sched:
-        t0 = time.monotonic()
-        once = sched.call_later(0.3, pool.run, add, 10, 20)
-        ticks = sched.every(0.2, pool.run, burn, 20, max_runs=5)
-        print(f"scheduled: {once!r}\n           {ticks!r}")
+    t0 = time.monotonic()
 
-        await once.wait()
-        print(f"+{time.monotonic() - t0:.2f}s one-shot ran: add(10, 20) = {once.last_result}")
-        while ticks.status != "done":
-            runs = ticks.runs
-            await anyio.sleep(0.05)
-            if ticks.runs != runs:
-                print(
-                    f"+{time.monotonic() - t0:.2f}s periodic run {ticks.runs}/5 "
-                    f"on worker {ticks.last_result}"
-                )
+    async def tick(pool: aioproc.Pool) -> int:
+        """One periodic run: 20 ms of CPU in a pool worker."""
+        pid = await pool.run(burn, 20)
+        print(f"  +{time.monotonic() - t0:.2f}s periodic run on worker {pid}")
+        return pid
+
+    async with aioproc.Pool(min_workers=2) as pool, aioproc.Scheduler() as sched:
+        # Targets are any async callable: pool.run itself, or a coroutine function.
+        once = sched.call_later(0.5, pool.run, add, 10, 20)
+        ticks = sched.every(0.2, tick, pool, max_runs=5)
+        print(f"scheduled {once!r}\n          {ticks!r}")
+
         await ticks.wait()
+        await once.wait()
+        print(f"  one-shot ran at +0.5 s: add(10, 20) = {once.last_result}")
         print(f"periodic job: runs={ticks.runs} failures={ticks.failures} skipped={ticks.skipped}")
+        print(f"scheduler: {sched.status()}")
 
 
 if __name__ == "__main__":

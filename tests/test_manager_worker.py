@@ -85,3 +85,13 @@ async def test_stop_all_stops_workers_within_the_grace() -> None:
 async def _call_ignoring_crash(worker: aioproc.Worker) -> None:
     with pytest.raises(aioproc.WorkerCrashedError):
         await worker.call(workerfns.sleep, 30)
+
+
+async def test_record_is_final_as_soon_as_aclose_returns() -> None:
+    async with aioproc.ProcessManager() as pm:
+        worker = await pm.start_worker()
+        assert worker.id is not None
+        await worker.aclose()
+        info = pm.get(worker.id)
+        assert info.status == "exited"
+        assert info.returncode == 0
