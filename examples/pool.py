@@ -22,16 +22,28 @@ def show(label: str, pool: aioproc.Pool) -> None:
     )
 
 
+async def watch(pool: aioproc.Pool) -> None:
+    """Print the pool's worker lifecycle events as they happen."""
+    async for event in pool.events():
+        if event.kind in ("worker_ready", "worker_recycled", "worker_crashed"):
+            detail = f" {event.detail}" if event.detail else ""
+            print(f"  event: {event.kind:<16} pid={event.pid}{detail}")
+
+
 async def main() -> None:
-    async with aioproc.Pool(min_workers=1, max_workers=4, idle_timeout=1.0) as pool:
+    async with (
+        aioproc.Pool(min_workers=1, max_workers=4, idle_timeout=1.0) as pool,
+        anyio.create_task_group() as watchers,
+    ):
+        watchers.start_soon(watch, pool)
         show("started", pool)
 
         print("== a burst of 40 CPU-bound tasks: the pool scales up")
         async with anyio.create_task_group() as tg:
             for _ in range(40):
                 tg.start_soon(pool.run, burn, 50)
-            for _ in range(6):
-                await anyio.sleep(0.15)
+            for _ in range(4):
+                await anyio.sleep(0.2)
                 show("during the burst", pool)
         show("burst done", pool)
 
@@ -48,6 +60,7 @@ async def main() -> None:
         print(f"  the pool carries on: next task ran in worker {pid}")
         s = pool.stats()
         print(f"  crashes={s.crashes} restarts={s.restarts} success_rate={s.success_rate:.2f}")
+        watchers.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
