@@ -61,6 +61,7 @@ them so); several may be queued on the pipe at once.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -72,6 +73,7 @@ import anyio.abc
 from ._errors import TaskTimeoutError, WorkerStartError
 from ._launcher import SpawnLauncher, Zygote
 from ._monitor import ProcessStats
+from ._worker_main import is_async_callable
 from ._workerproc import (
     STREAM_WINDOW,
     Call,
@@ -89,8 +91,12 @@ Ts = TypeVarTuple("Ts")
 
 #: A standalone Worker's limit on its start (there is no option for it in SPEC §2).
 WORKER_START_TIMEOUT = 60.0
-#: Grace of the implicit stop when the Worker is closed.
+#: Grace of the implicit stop when the Worker is closed, and of the stop of a
+#: worker whose running sync call was cancelled or timed out.
 CLOSE_GRACE = 5.0
+#: Leaving a ``stream()`` block early: how long the worker may take to confirm
+#: the generator closed before it is stopped (a sync generator stuck in next()).
+STREAM_CLOSE_TIMEOUT = 2.0
 
 _START_METHODS = ("spawn", "forkserver")
 
@@ -207,7 +213,9 @@ class Worker:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop the worker: an idle one exits at once; a busy one gets SIGTERM,
-        then SIGKILL after *grace* seconds. Calls in flight raise
+        then SIGKILL after *grace* seconds. A ``main=`` worker is told to stop
+        (its channel ends) and gets SIGTERM if it has not ended soon after, then
+        SIGKILL after *grace*. Calls in flight raise
         :class:`~aioproc.WorkerCrashedError`."""
         proc = self._proc
         if proc is not None:
@@ -300,33 +308,35 @@ class Worker:
             with the remote traceback as ``__cause__``.
         """
         proc = self._serving()
-        call = proc.submit(fn, args, report_started=timeout is not None)
+        is_async = _is_async(fn)
+        # Calls run one at a time, in order: one sent while nothing is pending
+        # runs at once. For a sync one that is all a cancellation needs to know,
+        # so only the others ask the worker for STARTED (it costs a message).
+        head = proc.pending == 0
+        report = timeout is not None or is_async is None or (not is_async and not head)
+        call = proc.submit(fn, args, report_started=report)
+        running_sync = head and is_async is False and not report
         if timeout is None:
             try:
                 return await call.wait()
             except anyio.get_cancelled_exc_class():
-                self._abandon(proc, call)
+                with anyio.CancelScope(shield=True):
+                    await _give_up(proc, call, head=head, running_sync=running_sync)
                 raise
         with anyio.move_on_after(timeout) as scope:
             try:
                 return await call.wait()
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:
-                    self._abandon(proc, call)
+                    with anyio.CancelScope(shield=True):
+                        await _give_up(proc, call, head=head, running_sync=running_sync)
                 raise
         # Timed out.
         if call.done:
             return call.result()
-        proc.cancel(call)
         with anyio.CancelScope(shield=True):
-            if call.started and call.is_async is False:
-                await proc.wait_exit()
+            await _give_up(proc, call, head=head, running_sync=running_sync)
         raise TaskTimeoutError(f"call of {_name(fn)} timed out after {timeout:g} s")
-
-    @staticmethod
-    def _abandon(proc: WorkerProcess, call: Call) -> None:
-        """The caller was cancelled: cancel the call in the worker too."""
-        proc.cancel(call)
 
     def stream(
         self,
@@ -384,6 +394,49 @@ class Worker:
         )
 
 
+async def _give_up(proc: WorkerProcess, call: Call, *, head: bool, running_sync: bool) -> None:
+    """The caller of *call* was cancelled or timed out: end the call (shielded).
+
+    A queued call is dropped by the worker (``CANCEL``); a running async one is
+    cancelled inside the worker, which lives on; a running sync one cannot be
+    interrupted, so the worker is stopped (SIGTERM, grace, SIGKILL) and this
+    waits for its exit. *running_sync* says the call is known to be sync and
+    was sent to an idle worker (so it runs now, without a ``STARTED`` to say so).
+    """
+    if call.done:
+        return
+    if running_sync or (call.started and call.is_async is False):
+        proc.abort(CLOSE_GRACE)
+        await proc.wait_exit()
+        return
+    proc.cancel(call)  # a sync call that STARTED later stops its worker then
+    if head and not call.started and not call.done:
+        # It runs now (nothing was ahead of it) but has not told us whether it
+        # is sync yet: wait (bounded) for STARTED, or for the outcome.
+        told = anyio.Event()
+        call.on_started = call.on_done = lambda _call: told.set()
+        with anyio.move_on_after(CLOSE_GRACE):
+            await told.wait()
+        if not (call.started or call.done):
+            proc.abort(CLOSE_GRACE)  # the worker does not answer
+    if not call.done and (proc.state is WorkerState.STOPPING or proc.state.terminal):
+        await proc.wait_exit()
+
+
+def _is_async(fn: object) -> bool | None:
+    """Whether the worker will run *fn* as async (as its loop decides: by the code
+    flags of the function a reference names); None when this side cannot tell
+    (a string reference, a callable object)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, str):
+        return None
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    if code is None:
+        return None
+    return is_async_callable(fn)
+
+
 def _name(fn: object) -> str:
     if isinstance(fn, str):
         return fn
@@ -418,10 +471,17 @@ class _StreamContext(AsyncIterator[T]):
         if call is None or proc is None or call.done:
             return
         proc.cancel(call, stop_if_sync=False)
-        # Wait for the worker to close the generator (its finally runs), unless
-        # we are being cancelled ourselves.
-        if exc_type is None or not issubclass(exc_type, anyio.get_cancelled_exc_class()):
-            await call.wait_done()
+        # Wait for the worker to close the generator (its finally runs): a sync
+        # one reads CANCEL between items, an async one is cancelled at once. One
+        # stuck inside next() would never answer: after STREAM_CLOSE_TIMEOUT its
+        # worker is stopped (SIGTERM, grace, SIGKILL). Shielded, so leaving on a
+        # cancellation closes the generator the same way.
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(STREAM_CLOSE_TIMEOUT):
+                await call.wait_done()
+            if not call.done:
+                proc.abort(CLOSE_GRACE)
+                await proc.wait_exit()
 
     def __aiter__(self) -> _StreamContext[T]:
         return self

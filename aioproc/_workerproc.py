@@ -77,6 +77,8 @@ PIPE_SIZE = 1 << 20
 _WRITEV_MIN = 64 * 1024
 #: After the worker closed its pipe, how long it may take to exit before SIGKILL.
 EOF_EXIT_GRACE = 2.0
+#: How long a ``main=`` worker may take to end after STOP before SIGTERM.
+MAIN_STOP_WAIT = 0.5
 #: Default stream window (items the worker may run ahead of the consumer).
 STREAM_WINDOW = 16
 
@@ -518,6 +520,13 @@ class WorkerProcess(PipeEnds):
         if self._tg is not None and self.exit_info is None:
             self._tg.start_soon(self._terminate, grace)
 
+    def abort(self, grace: float = 5.0) -> None:
+        """Stop the worker because the sync call it runs was given up (cancelled,
+        timed out): SIGTERM now, SIGKILL after *grace* seconds, in the background.
+        It takes no more calls and ends ``CRASHED`` (not a requested stop); await
+        :meth:`wait_exit` for the end."""
+        self._stop_soon(grace)
+
     async def _terminate(self, grace: float) -> None:
         self._signal(signal.SIGTERM)
         assert self._exited is not None
@@ -527,7 +536,9 @@ class WorkerProcess(PipeEnds):
 
     async def stop(self, grace: float = 5.0) -> ExitInfo | None:
         """Stop the worker: STOP (an idle worker exits at once), SIGTERM when it
-        is busy, SIGKILL after *grace* seconds. Idempotent; waits for the exit."""
+        is busy (a ``main=`` worker: when it has not ended within
+        :data:`MAIN_STOP_WAIT`), SIGKILL after *grace* seconds. Idempotent;
+        waits for the exit."""
         if self.exit_info is not None or self._exited is None:
             if self.state is WorkerState.CREATED:
                 self.state = WorkerState.STOPPED
@@ -539,6 +550,12 @@ class WorkerProcess(PipeEnds):
             self._send_body(encode_body([Kind.STOP]))
             if self._calls:
                 # Busy: a sync call would not read STOP before it returns.
+                self._signal(signal.SIGTERM)
+            elif self.options.main is not None and self._main_outcome is None:
+                # A main() that reads its channel ends at STOP; one that never
+                # reads it would not notice: SIGTERM after a short wait.
+                with anyio.move_on_after(min(grace, MAIN_STOP_WAIT)):
+                    await self._exited.wait()
                 self._signal(signal.SIGTERM)
             with anyio.move_on_after(grace):
                 await self._exited.wait()

@@ -274,3 +274,30 @@ def failing_main(channel: Any) -> None:
 
 
 bound_add = functools.partial(add, 100)
+
+
+def sleep_then_mark(seconds: float, path: str) -> None:
+    """Sleeps, then writes *path*: the file exists only if it ran to the end."""
+    time.sleep(seconds)
+    with open(path, "w") as fh:
+        fh.write("ran")
+
+
+def mark(path: str) -> None:
+    with open(path, "w") as fh:
+        fh.write("ran")
+
+
+def stuck_after_first_item(seconds: float, path: str) -> Iterator[int]:
+    """Yields 0, then blocks inside next() (where it cannot read CANCEL), having
+    written *path* to say so."""
+    yield 0
+    with open(path, "w") as fh:
+        fh.write("stuck")
+    time.sleep(seconds)
+    yield 1
+
+
+def deaf_main(channel: Any) -> None:
+    """A main that never reads its channel."""
+    time.sleep(60)
