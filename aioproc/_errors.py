@@ -25,15 +25,24 @@ plain :class:`PermissionError`: only a missing executable is a
 :class:`CommandNotFoundError`. Exceptions raised by a function in a worker come back
 as their own type where possible; the remote traceback text rides as ``__cause__``
 (a :class:`RemoteTraceback`).
+
+Workers and the zygote import this module at start, so it stays light: the two
+classes whose bases live in heavy modules (:mod:`subprocess`,
+:mod:`concurrent.futures`) are defined in :mod:`aioproc._errors_compat` and
+loaded on first access through the module ``__getattr__`` below.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import signal as _signal
-import subprocess
 from collections.abc import Sequence
+
+#: Not ``typing.TYPE_CHECKING``: importing typing would cost workers a few ms at start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._errors_compat import CalledProcessError as CalledProcessError
+    from ._errors_compat import TaskCancelledError as TaskCancelledError
 
 __all__ = [
     "AioprocError",
@@ -53,6 +62,21 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerStartError",
 ]
+
+#: Defined in :mod:`aioproc._errors_compat`, loaded when first asked for.
+_LAZY = frozenset({"CalledProcessError", "TaskCancelledError"})
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        if name in _LAZY:
+            from . import _errors_compat
+
+            value = getattr(_errors_compat, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: How much of a failed command's stderr its error message quotes.
 _STDERR_TAIL_LINES = 20
@@ -91,39 +115,6 @@ class AioprocError(Exception):
 
 class CommandNotFoundError(AioprocError, FileNotFoundError):
     """The executable named by ``args[0]`` does not exist (or is not on ``PATH``)."""
-
-
-class CalledProcessError(AioprocError, subprocess.CalledProcessError):
-    """A command run with ``check=True`` exited with a non-zero code.
-
-    Attributes as :class:`subprocess.CalledProcessError` (``returncode``, ``cmd``,
-    ``output``/``stdout``, ``stderr``), plus ``signal`` (the signal that ended the
-    process, else ``None``).
-    """
-
-    def __init__(
-        self,
-        returncode: int,
-        cmd: object,
-        output: bytes | str | None = None,
-        stderr: bytes | str | None = None,
-    ) -> None:
-        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)  # type: ignore[arg-type]
-        self.signal: int | None = -returncode if returncode < 0 else None
-
-    def __str__(self) -> str:
-        if self.returncode < 0:
-            what = f"was killed by {signal_name(-self.returncode)} (exit code {self.returncode})"
-        else:
-            what = f"exited with code {self.returncode}"
-        message = f"command {_format_args(self.cmd)} {what}"
-        tail = stderr_tail(self.stderr)
-        if tail:
-            message += "; stderr ends with:\n" + tail
-        return message
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.returncode, self.cmd, self.output, self.stderr))
 
 
 class _PartialOutputError(AioprocError):
@@ -285,11 +276,6 @@ class TaskTimeoutError(AioprocError, TimeoutError):
     def __init__(self, message: str = "task timed out", *, task_id: int | None = None) -> None:
         super().__init__(message)
         self.task_id = task_id
-
-
-class TaskCancelledError(AioprocError, concurrent.futures.CancelledError):
-    """The task was cancelled (``task.cancel()``, or the pool closed with
-    ``cancel_pending=True``) before it produced a result."""
 
 
 class PoolBrokenError(AioprocError):
