@@ -146,6 +146,9 @@ class Supervisor:
         self.start_failures = 0
         self.last_start_error: BaseException | None = None
         self._owed_restarts = 0
+        #: Keys of stopping workers whose replacement is already owed (see
+        #: :meth:`_owe_replacements`).
+        self._owed_for: set[int] = set()
         self._next_key = 1
         self._tg: anyio.abc.TaskGroup | None = None
         self._zygote: Zygote | None = None
@@ -251,6 +254,21 @@ class Supervisor:
         finite = [d for d in deadlines if d != math.inf]
         return min(finite) if finite else None
 
+    def _owe_replacements(self) -> None:
+        """Count a restart as owed as soon as a worker is being stopped to be
+        replaced (recycled, timed out, cancelled), before its replacement is
+        started: that start may be ready before the old process has exited (then
+        ``_on_exit`` would owe it too late and the restart would go uncounted)."""
+        for slot in self.dispatcher.slots.values():
+            if (
+                slot.state is WorkerState.STOPPING
+                and slot.stop_reason
+                and slot.stop_reason not in (RetireReason.IDLE.value, "shutdown")
+                and slot.key not in self._owed_for
+            ):
+                self._owed_for.add(slot.key)
+                self._owed_restarts += 1
+
     def _figures(self) -> PoolFigures:
         dispatcher = self.dispatcher
         workers = [
@@ -280,6 +298,7 @@ class Supervisor:
                 dispatcher.mark_stopping(slot, reason.value)
                 self.recycled[reason.value] += 1
                 self._stop_soon(slot)
+        self._owe_replacements()  # before any start below can complete
         if broken and dispatcher.broken is None:
             cause = self.last_start_error or WorkerStartError("workers failed to start")
             dispatcher.broken = cause
@@ -376,8 +395,9 @@ class Supervisor:
                     "worker_crashed", pid=slot.pid, detail=self.dispatcher.crash_detail(slot)
                 )
         elif reason != "shutdown":
-            if reason != RetireReason.IDLE.value:
+            if reason != RetireReason.IDLE.value and slot.key not in self._owed_for:
                 self._owed_restarts += 1
+            self._owed_for.discard(slot.key)
             if self.hub.active:
                 self.hub.emit("worker_recycled", pid=slot.pid, detail={"reason": reason})
         self.wake()
