@@ -52,11 +52,24 @@ the pipe I/O is the ``_pipeends.PipeEnds`` base class)
         callback, ``await proc.wait_exit()``. Pending calls fail with
         ``WorkerCrashedError`` (or ``ProtocolError`` after a bad frame).
     ``await proc.stop(grace)``: STOP (idle worker exits 0 at once), SIGTERM if
-        busy, SIGKILL after *grace*. ``proc.kill()``. ``proc.stats()``.
+        busy (a ``main=`` worker: if still there ``MAIN_STOP_WAIT`` after STOP),
+        SIGKILL after *grace*. ``proc.abort(grace)``: SIGTERM now, SIGKILL after
+        *grace*, ends CRASHED (a given-up sync call). ``proc.kill()``. ``proc.stats()``.
         ``proc.pending``, ``proc.calls_done``.
 
 Calls on one ``Worker`` are served one at a time, in order (the worker runs
 them so); several may be queued on the pipe at once.
+
+Giving up a call (its caller cancelled, or ``timeout``) follows the Pool: a
+queued call is dropped by the worker (CANCEL); a running async one is cancelled
+inside the worker, which lives on; a running sync one cannot be interrupted, so
+the worker is stopped (SIGTERM, grace, SIGKILL, shielded) and the Worker is then
+terminal. To tell a running sync call without asking every call for STARTED (a
+message more on the hot path): a call sent while nothing is pending runs at once,
+and whether it is async is read here from the function's code flags, as the
+worker reads them; only calls queued behind others, string references and
+callable objects ask for STARTED. (A sync function that returns an awaitable is
+taken for sync: cancelling it stops its worker.)
 """
 
 from __future__ import annotations
