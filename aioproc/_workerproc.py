@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -73,8 +73,6 @@ __all__ = [
 READ_CHUNK = 256 * 1024
 #: Both protocol pipes are enlarged to this (F_SETPIPE_SZ), for big messages.
 PIPE_SIZE = 1 << 20
-#: Bodies at least this big are written header and body apart (no copy).
-_WRITEV_MIN = 64 * 1024
 #: After the worker closed its pipe, how long it may take to exit before SIGKILL.
 EOF_EXIT_GRACE = 2.0
 #: How long a ``main=`` worker may take to end after STOP before SIGTERM.
@@ -616,12 +614,3 @@ def _has_big_bytes(args: Sequence[Any]) -> bool:
 def _credit_frame(call_id: int, credit: int) -> bytes:
     body = encode_body([Kind.CREDIT, call_id, credit])
     return frame_header(len(body)) + body
-
-
-def make_launcher(start_method: str, env: Mapping[str, str] | None) -> Launcher:
-    """The spawn launcher (the zygote is made by its owner)."""
-    from ._launcher import SpawnLauncher
-
-    if start_method != "spawn":
-        raise ValueError(f"start_method must be 'spawn' or 'forkserver', not {start_method!r}")
-    return SpawnLauncher(env)
