@@ -76,6 +76,35 @@ async def test_a_3mib_line_comes_out_in_pieces_of_at_most_1mib() -> None:
     assert "".join(pieces) == "x" * size
 
 
+async def test_lines_of_a_big_burst_come_all_and_in_order() -> None:
+    async with aioproc.spawn(["seq", "50000"]) as proc:
+        assert proc.stdout is not None
+        lines = [line async for line in proc.stdout.lines()]
+    assert lines == [str(i) for i in range(1, 50001)]
+
+
+async def test_a_fast_lines_reader_lets_other_tasks_run() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg, aioproc.spawn(["seq", "200000"]) as proc:
+        assert proc.stdout is not None
+        tg.start_soon(ticker)
+        await anyio.sleep(0.05)  # the pipe fills: the reader never has to wait
+        before = ticks
+        count = 0
+        async for _line in proc.stdout.lines():
+            count += 1
+        tg.cancel_scope.cancel()
+    assert count == 200000
+    assert ticks - before >= 10
+
+
 async def test_chunks_come_as_bytes_until_eof() -> None:
     async with aioproc.spawn(["head", "-c", "5000000", "/dev/zero"]) as proc:
         assert proc.stdout is not None
@@ -139,7 +168,8 @@ async def test_output_merges_stdout_and_stderr_in_arrival_order() -> None:
         seen = []
         async for name, line in proc.output():
             seen.append((name, line))
-            await proc.stdin.send(b"next\n")
+            if line != "out2":  # the child exits after out2: its stdin is gone
+                await proc.stdin.send(b"next\n")
     assert seen == [("stdout", "out1"), ("stderr", "err1"), ("stdout", "out2")]
 
 
