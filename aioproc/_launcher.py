@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -102,12 +103,92 @@ def caller_sys_path() -> list[str]:
 #: package's __init__ (which imports anyio, psutil and every layer), then drop
 #: the stub so that user code importing aioproc later gets the real package.
 #: A lean process starts faster, forks faster and shares more with its children.
+#: ``{site}`` hands over what site.py would have set up (see :func:`_site_handover`).
 _BOOT = (
-    "import sys,types;p=types.ModuleType('aioproc');p.__path__=[{pkg!r}];"
-    "sys.modules['aioproc']=p;import {module} as m;"
+    "import sys,types;{site}p=types.ModuleType('aioproc');p.__path__=[{pkg!r}];"
+    "sys.modules['aioproc']=p;import {module} as m;{after}"
     "del sys.modules['aioproc'];m.main()"
 )
 _LEAN_MODULES = ("aioproc._worker_main", "aioproc._zygote")
+#: The bootstrap is one argv string: Linux caps one at 128 KiB (MAX_ARG_STRLEN).
+_MAX_BOOT = 64 * 1024
+#: A .pth file whose only code is setuptools' distutils shim, which the lean
+#: child installs itself (``_distutils_hack.add_shim()``).
+_DISTUTILS_PTH = "distutils-precedence.pth"
+
+
+@functools.cache
+def _pth_files_run_code() -> bool:
+    """True when a .pth file in a site directory runs code (an ``import`` line)
+    other than setuptools' distutils shim: only site.py itself can replay that."""
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    for directory in dirs:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".pth") or name == _DISTUTILS_PTH:
+                continue
+            try:
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except (OSError, UnicodeDecodeError):
+                return True  # site.py would read it somehow: let it
+            if any(line.startswith(("import ", "import\t")) for line in lines):
+                return True
+    return False
+
+
+def _site_handover() -> tuple[list[str], bool] | None:
+    """What a child started with ``-S`` needs to look like the caller after site.py.
+
+    site.py costs a child a few milliseconds (and its .pth files more), but all
+    it leaves behind in a plain setup is ``sys.path`` (site-packages and .pth
+    paths), ``sys.prefix`` in a virtualenv, the ``exit``/``help``/... builtins
+    and perhaps setuptools' distutils shim: the child is given those directly.
+    Returns ``(extra -S flags, distutils shim)``, or ``None`` when the caller's
+    setup holds more than that (a sitecustomize, an import hook, a .pth file that
+    runs code): then the child runs site.py as usual.
+    """
+    if sys.flags.no_site:
+        return [], False  # the caller has no site either (its -S is passed on)
+    if "sitecustomize" in sys.modules or "usercustomize" in sys.modules:
+        return None
+    if _pth_files_run_code():
+        return None
+    # Import hooks come from .pth code or a sitecustomize (both ruled out above)
+    # or from the caller's own program (pytest's, say), which no child inherits.
+    shim = any(type(finder).__module__ == "_distutils_hack" for finder in sys.meta_path)
+    return ["-S"], shim
+
+
+def _boot_argv(module: str) -> list[str]:
+    """``-c BOOTSTRAP`` (and ``-S`` when site.py can be skipped) for a lean module."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    handover = _site_handover()
+    flags: list[str] = []
+    site = after = ""
+    if handover is not None:
+        flags, shim = handover
+        path = [p for p in caller_sys_path() if isinstance(p, str)]
+        site = f"sys.path[:]={path!r};"
+        if flags:
+            site += f"sys.prefix={sys.prefix!r};sys.exec_prefix={sys.exec_prefix!r};"
+            after = f"import aioproc._worker_main as w;w.restore_site({shim!r});"
+    if module == "aioproc._zygote":
+        # No collections while the zygote imports: it enables the collector
+        # itself, after its handshake (gc.freeze()).
+        site = "import gc;gc.disable();" + site
+    boot = _BOOT.format(site=site, pkg=package_dir, module=module, after=after)
+    if len(boot) > _MAX_BOOT:
+        flags = []
+        boot = _BOOT.format(site="", pkg=package_dir, module=module, after="")
+    return [*flags, "-c", boot]
 
 
 def spawn_python(
@@ -119,7 +200,8 @@ def spawn_python(
     """``posix_spawn`` ``python -m module *args`` with *fds* as fds 3, 4, ...; the pid.
 
     ``aioproc._worker_main`` and ``aioproc._zygote`` are started through a light
-    bootstrap (``-c``) that skips the package ``__init__``.
+    bootstrap (``-c``) that skips the package ``__init__`` and, where it can,
+    site.py (``-S``, the caller's ``sys.path`` handed over instead).
 
     :raises OSError: when the interpreter cannot be started.
     """
@@ -127,11 +209,7 @@ def spawn_python(
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
     try:
         actions = [(os.POSIX_SPAWN_DUP2, fd, CHILD_IN_FD + i) for i, fd in enumerate(high)]
-        if module in _LEAN_MODULES:
-            package_dir = os.path.dirname(os.path.abspath(__file__))
-            start = ["-c", _BOOT.format(pkg=package_dir, module=module)]
-        else:
-            start = ["-m", module]
+        start = _boot_argv(module) if module in _LEAN_MODULES else ["-m", module]
         argv = [
             sys.executable,
             *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]

@@ -39,7 +39,7 @@ from ._errors import ProtocolError
 from ._values import encode_exception, pack_checked, resolve_ref
 from .protocol import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, CallFlag, Kind, encode_body, make_packer
 
-__all__ = ["is_async_callable", "main", "prepare_process", "run_forked", "serve"]
+__all__ = ["is_async_callable", "main", "prepare_process", "restore_site", "run_forked", "serve"]
 
 _CO_COROUTINE = 0x80
 _CO_ITERABLE_COROUTINE = 0x100
@@ -85,6 +85,24 @@ def prepare_process(parent_pid: int) -> None:
     # the line above; a pending one is discarded by SIG_IGN.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     set_pdeathsig(parent_pid)
+
+
+def restore_site(distutils_shim: bool) -> None:
+    """What site.py leaves behind, for a process started with ``-S`` by the launcher.
+
+    The launcher already set ``sys.path`` and ``sys.prefix``; this adds the
+    ``exit``/``quit``/``help``/``copyright``/``credits``/``license`` builtins and,
+    when the caller had it, setuptools' distutils shim.
+    """
+    import site
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
+    if distutils_shim:
+        # Gone since the caller started (setuptools uninstalled): no shim then.
+        with contextlib.suppress(Exception):
+            __import__("_distutils_hack").add_shim()
 
 
 def is_async_callable(fn: object) -> bool:

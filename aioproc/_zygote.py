@@ -8,7 +8,8 @@ single-threaded process is. Its parent-side handle is
     caller (Zygote handle)                       zygote (this module)
     ──────────────────────                       ────────────────────
     HELLO [0, version, config] ──ctl socket──►   chdir, sys.path, import preload,
-                                                  count /proc/self/task, gc.freeze()
+                                                  count /proc/self/task, gc.freeze(),
+                                                  gc.enable() (off since the bootstrap)
                                ◄──────────────   HELLO [0, version, pid, failure, info]
     SPAWN [20, req] + 2 pipe fds (SCM_RIGHTS) ►   fork(): child runs the worker loop
                                ◄──────────────   SPAWNED [21, req, pid] + pidfd
@@ -56,6 +57,11 @@ def _apply_config(config: dict[str, Any]) -> None:
         importlib.import_module(name)
 
 
+def _wants_preload(config: object) -> bool:
+    """True when the handshake *config* asks for modules to be preloaded."""
+    return isinstance(config, dict) and bool(config.get("preload"))
+
+
 def _thread_count() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -97,8 +103,12 @@ class _Zygote:
         info = {"threads": _thread_count()}
         # Objects that exist now are shared with every worker; keep the
         # collector from touching (and so copying) their pages after fork.
-        gc.collect()
+        # The launcher started us with the collector off (imports run faster);
+        # only preloaded libraries leave garbage worth a full collection.
+        if _wants_preload(hello[2]):
+            gc.collect()
         gc.freeze()
+        gc.enable()
         send_record(self.sock, [Kind.HELLO, PROTOCOL_VERSION, self.pid, None, info])
         return True
 

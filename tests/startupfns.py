@@ -1,0 +1,32 @@
+"""Worker targets for tests/test_worker_startup.py: what a worker's interpreter looks like."""
+
+from __future__ import annotations
+
+import builtins
+import gc
+import sys
+
+
+def interpreter_state() -> dict[str, object]:
+    """The parts of the interpreter that site.py would set up, and the collector."""
+    return {
+        "sys_path": list(sys.path),
+        "prefix": sys.prefix,
+        "exec_prefix": sys.exec_prefix,
+        "builtins": sorted(
+            name
+            for name in ("exit", "quit", "help", "copyright", "credits", "license")
+            if hasattr(builtins, name)
+        ),
+        "gc_enabled": gc.isenabled(),
+        "finders": sorted(type(f).__module__ for f in sys.meta_path),
+    }
+
+
+def exit_through_builtin(code: int) -> object:
+    """Call the ``exit`` builtin that site.py provides; the code it raised."""
+    try:
+        exit(code)
+    except SystemExit as exc:
+        return exc.code
+    return None

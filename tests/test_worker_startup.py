@@ -1,0 +1,99 @@
+"""How worker processes and the zygote start: the lean bootstrap skips site.py
+(``-S``) when it can and hands the caller's setup over instead."""
+
+from __future__ import annotations
+
+import site
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aioproc
+from aioproc import _launcher
+from aioproc._launcher import caller_sys_path
+from tests import startupfns
+
+START_METHODS = ["forkserver", "spawn"]
+
+
+async def _state(start_method: str) -> dict[str, Any]:
+    async with aioproc.Pool(min_workers=1, max_workers=1, start_method=start_method) as pool:
+        return await pool.run(startupfns.interpreter_state)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+async def test_workers_see_the_callers_sys_path(start_method: str) -> None:
+    state = await _state(start_method)
+    assert state["sys_path"] == caller_sys_path()
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+async def test_workers_see_the_callers_prefix(start_method: str) -> None:
+    state = await _state(start_method)
+    assert (state["prefix"], state["exec_prefix"]) == (sys.prefix, sys.exec_prefix)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+async def test_workers_have_the_builtins_site_adds(start_method: str) -> None:
+    state = await _state(start_method)
+    assert state["builtins"] == ["copyright", "credits", "exit", "help", "license", "quit"]
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+async def test_workers_keep_the_callers_distutils_shim(start_method: str) -> None:
+    state = await _state(start_method)
+    # pytest's assertion rewriter is the test run's own: children never get it.
+    mine = sorted(type(f).__module__ for f in sys.meta_path if "_pytest" not in type(f).__module__)
+    assert state["finders"] == mine
+
+
+async def test_forkserver_workers_run_with_the_collector_enabled() -> None:
+    state = await _state("forkserver")
+    assert state["gc_enabled"] is True
+
+
+async def test_the_exit_builtin_raises_system_exit_in_a_worker() -> None:
+    async with aioproc.Pool(min_workers=1, max_workers=1) as pool:
+        assert await pool.run(startupfns.exit_through_builtin, 3) == 3
+
+
+def test_plain_setup_starts_lean_modules_without_site() -> None:
+    argv = _launcher._boot_argv("aioproc._worker_main")
+    assert argv[0] == "-S"
+    assert repr(sys.prefix) in argv[-1]
+
+
+@pytest.fixture
+def pth_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A site directory of our own, scanned afresh."""
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path)])
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)
+    _launcher._pth_files_run_code.cache_clear()
+    yield tmp_path
+    _launcher._pth_files_run_code.cache_clear()
+
+
+def test_a_pth_file_that_runs_code_keeps_site(pth_dir: Path) -> None:
+    (pth_dir / "hook.pth").write_text("/some/dir\nimport os; os.environ\n")
+    argv = _launcher._boot_argv("aioproc._worker_main")
+    assert argv[0] == "-c"
+    assert "restore_site" not in argv[-1]
+
+
+def test_a_pth_file_of_paths_only_starts_without_site(pth_dir: Path) -> None:
+    (pth_dir / "paths.pth").write_text("/some/dir\n# a comment\n")
+    assert _launcher._boot_argv("aioproc._worker_main")[0] == "-S"
+
+
+def test_a_sitecustomize_in_the_caller_keeps_site(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sitecustomize", sys)
+    argv = _launcher._boot_argv("aioproc._zygote")
+    assert argv[0] == "-c"
+
+
+def test_the_zygote_boots_with_the_collector_off() -> None:
+    argv = _launcher._boot_argv("aioproc._zygote")
+    assert "gc.disable()" in argv[-1]
