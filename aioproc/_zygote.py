@@ -34,12 +34,16 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
 
 from ._channel import recv_record, send_record
 from ._values import encode_exception
 from ._worker_main import prepare_process, run_forked, set_pdeathsig
 from .protocol import PROTOCOL_VERSION, Kind
+
+#: Not typing.TYPE_CHECKING: a worker need not import typing to start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["main"]
 

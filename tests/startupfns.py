@@ -30,3 +30,12 @@ def exit_through_builtin(code: int) -> object:
     except SystemExit as exc:
         return exc.code
     return None
+
+
+def parent_death_signal() -> int:
+    """The signal this process asked for when its parent dies (PR_GET_PDEATHSIG)."""
+    import ctypes
+
+    value = ctypes.c_int()
+    ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value), 0, 0, 0)
+    return value.value

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import site
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import aioproc
-from aioproc import _launcher
+from aioproc import _launcher, _worker_main
 from aioproc._launcher import caller_sys_path
 from tests import startupfns
 
@@ -58,6 +59,17 @@ async def test_forkserver_workers_run_with_the_collector_enabled() -> None:
 async def test_the_exit_builtin_raises_system_exit_in_a_worker() -> None:
     async with aioproc.Pool(min_workers=1, max_workers=1) as pool:
         assert await pool.run(startupfns.exit_through_builtin, 3) == 3
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+async def test_workers_ask_for_sigkill_when_their_parent_dies(start_method: str) -> None:
+    async with aioproc.Pool(min_workers=1, max_workers=1, start_method=start_method) as pool:
+        assert await pool.run(startupfns.parent_death_signal) == signal.SIGKILL
+
+
+def test_prctl_is_called_without_the_ctypes_package() -> None:
+    prctl = _worker_main._load_prctl()
+    assert type(prctl).__module__ == "aioproc._worker_main"
 
 
 def test_plain_setup_starts_lean_modules_without_site() -> None:
