@@ -182,8 +182,11 @@ def test_shell_sleep_reports_what_the_direct_sleep_does(tmp_path: Path) -> None:
     direct = bench_json(tmp_path, "-n", "5", "sleep 0.05")
     overhead = shell["shell_overhead"]["mean"]
     assert 0.05 <= shell["results"][0]["median"] < 0.06
-    difference = shell["results"][0]["median"] - direct["results"][0]["median"]
-    assert abs(difference) < 0.5 * overhead
+    # Minimums, not medians: on a loaded machine a median of 5 moves by more than
+    # the shell's start-up; the fastest run of each does not. Without the
+    # subtraction the difference would be a whole start-up (`overhead`).
+    difference = shell["results"][0]["min"] - direct["results"][0]["min"]
+    assert abs(difference) < 0.5 * overhead + 0.0005
 
 
 def test_jobs_keeps_several_runs_in_flight(tmp_path: Path) -> None:
