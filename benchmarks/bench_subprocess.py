@@ -7,8 +7,7 @@ in the same run (see benchmarks/README.md for the goals):
 
 1. per-call latency of ``run(["true"])`` (p50). Floor: ``os.posix_spawn`` +
    ``waitpid``, interleaved call by call with every subject so that drift on a
-   shared machine hits both alike (the other two floors are likewise measured
-   once before each subject; the floor row is the best of those runs).
+   shared machine hits both alike.
    Peers: asyncio ``create_subprocess_exec`` + ``communicate``,
    ``anyio.run_process``.
 2. streaming ``head -c`` (1 GiB; 256 MiB with --quick) through
@@ -18,6 +17,12 @@ in the same run (see benchmarks/README.md for the goals):
 3. ``seq 2000000`` (200000 with --quick) through ``lines()``. Floor: a blocking
    read, decode and split loop that visits every line in plain Python. Peers:
    asyncio ``readline()``, anyio ``BufferedByteReceiveStream.receive_until``.
+
+The two throughputs alternate floor and subject runs, three pairs per subject:
+a subject's row shows its best run and, as its ratio, the median of its ratios
+to the floor run just before each of its runs (the floor row shows the floor's
+best run). A single floor for the whole script made the ratios depend on when
+the other work on the machine came and went.
 
 Prints a markdown table and writes ``benchmarks/results/bench_subprocess.json``
 (rows of ``benchmark, name, backend, value, unit, ratio_to_floor``).
@@ -234,6 +239,29 @@ async def anyio_lines(count: int) -> float:
 
 # -- driver --------------------------------------------------------------------------
 
+#: Throughput runs: this many (floor, subject) pairs per subject.
+PAIRS = 3
+
+
+async def paired(
+    floor: Callable[[int], float],
+    subject: Callable[[int], Awaitable[float]],
+    size: int,
+    floors: list[float],
+) -> tuple[float, float]:
+    """Alternate floor and subject runs; the subject's best value and the median
+    of its ratios to the floor run just before it (the machine is shared: its
+    speed drifts over a run of the script, so only neighbours compare fairly)."""
+    values: list[float] = []
+    ratios: list[float] = []
+    for _ in range(PAIRS):
+        base = floor(size)
+        floors.append(base)
+        value = await subject(size)
+        values.append(value)
+        ratios.append(value / base)
+    return max(values), statistics.median(ratios)
+
 
 async def measure_backend(
     backend: str,
@@ -265,9 +293,10 @@ async def measure_backend(
     if on_asyncio:
         stream_subjects.append(("asyncio StreamReader.read", asyncio_stream))
     for name, stream in stream_subjects:
-        stream_floors.append(floor_stream(stream_size))  # interleaved: same machine load
-        best = max([await stream(stream_size) for _ in range(2)])
-        rows.append(row(f"stream {stream_size // MIB} MiB stdout", name, backend, best, "MB/s"))
+        value, ratio = await paired(floor_stream, stream, stream_size, stream_floors)
+        entry = row(f"stream {stream_size // MIB} MiB stdout", name, backend, value, "MB/s")
+        entry["ratio_to_floor"] = ratio
+        rows.append(entry)
 
     line_subjects: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
         ("aioproc lines()", aioproc_lines),
@@ -276,9 +305,10 @@ async def measure_backend(
     if on_asyncio:
         line_subjects.append(("asyncio readline", asyncio_lines))
     for name, lines in line_subjects:
-        line_floors.append(floor_lines(line_count))
-        best = max([await lines(line_count) for _ in range(2)])
-        rows.append(row(f"seq {line_count} lines", name, backend, best, "lines/s"))
+        value, ratio = await paired(floor_lines, lines, line_count, line_floors)
+        entry = row(f"seq {line_count} lines", name, backend, value, "lines/s")
+        entry["ratio_to_floor"] = ratio
+        rows.append(entry)
     return rows
 
 
@@ -313,13 +343,16 @@ def main() -> int:
         row(f"seq {line_count} lines", "floor blocking read+split", "", 0.0, "lines/s"),
     ]
     floor_rows[0]["value"] = statistics.median(floors) * 1e3
-    # Subjects report their best of two runs; the floors their best run too.
+    # Throughputs: subjects show their best run, the floor its best run; their
+    # ratios were taken pair by pair (see paired()).
     floor_rows[1]["value"] = max(stream_floors)
     floor_rows[2]["value"] = max(line_floors)
     floor_of = {r["benchmark"]: r["value"] for r in floor_rows}
     all_rows = floor_rows + rows
     for r in all_rows:
-        r["ratio_to_floor"] = round(r["value"] / floor_of[r["benchmark"]], 3)
+        if r["ratio_to_floor"] is None:
+            r["ratio_to_floor"] = r["value"] / floor_of[r["benchmark"]]
+        r["ratio_to_floor"] = round(r["ratio_to_floor"], 3)
         r["value"] = round(r["value"], 4 if r["unit"] == "ms" else 1)
     all_rows.sort(key=lambda r: (list(floor_of).index(r["benchmark"]), r["backend"] != ""))
 
