@@ -329,6 +329,10 @@ class Zygote:
         self._requests: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._next_request = 1
         self._closed = anyio.Event()
+        #: Set once the process runs and its socket takes requests (or it failed).
+        self._spawned = anyio.Event()
+        #: Why the zygote failed to start, for the workers asked of it meanwhile.
+        self._failure: WorkerStartError | None = None
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[Zygote] = anyio.TASK_STATUS_IGNORED
@@ -337,10 +341,15 @@ class Zygote:
 
         :raises WorkerStartError: when the zygote cannot start (its cause attached).
         """
+        if self.state is not ZygoteState.CREATED:
+            # aclose() came first (a pool closed before its zygote's task ran).
+            raise WorkerStartError(f"the zygote is {self.state.value}")
         self.state = ZygoteState.STARTING
         try:
             await self._start()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, WorkerStartError):
+                self._failure = exc
             await self._shutdown()
             raise
         self.state = ZygoteState.RUNNING
@@ -371,6 +380,8 @@ class Zygote:
             "preload": list(self.preload),
         }
         send_record(ours, [Kind.HELLO, PROTOCOL_VERSION, config])
+        # Requests may be queued behind the handshake from now on (see launch()).
+        self._spawned.set()
         hello: Any = None
         with anyio.move_on_after(self.start_timeout):
             record = await self._recv()
@@ -439,11 +450,19 @@ class Zygote:
     async def launch(self, in_fd: int, out_fd: int) -> ExitWatch:
         """Fork a worker from the zygote with these pipe ends.
 
-        :raises WorkerStartError: when the zygote is not running.
+        May be called before the zygote is ready, once its ``serve`` task is
+        started (``start_soon`` is enough): the request is queued on the control
+        socket behind the handshake, and the zygote forks as soon as it is ready,
+        with no round trip back to the caller in between.
+
+        :raises WorkerStartError: when the zygote is closed, or failed to start
+            (then with that failure's message and cause).
         """
+        if self.state in (ZygoteState.CREATED, ZygoteState.STARTING):
+            await self._spawned.wait()
         sock = self._sock
-        if self.state is not ZygoteState.RUNNING or sock is None:
-            raise WorkerStartError(f"the zygote is {self.state.value}")
+        if self.state not in (ZygoteState.STARTING, ZygoteState.RUNNING) or sock is None:
+            raise self._not_running()
         request = self._next_request
         self._next_request += 1
         event = anyio.Event()
@@ -456,16 +475,31 @@ class Zygote:
             raise WorkerStartError(f"the zygote is gone: {exc}") from exc
         await event.wait()
         if not reply:
+            if self._failure is not None:
+                raise self._not_running()
             raise WorkerStartError("the zygote exited before it could fork the worker")
         pid, pidfd = int(reply[0]), int(reply[1])
         watch = ZygoteChildWatch(pid, pidfd)
         self._children[pid] = watch
         return watch
 
+    def _not_running(self) -> WorkerStartError:
+        failure = self._failure
+        if failure is None:
+            return WorkerStartError(f"the zygote is {self.state.value}")
+        error = WorkerStartError(str(failure))
+        error.__cause__ = failure.__cause__
+        return error
+
     async def aclose(self) -> None:
         """End the zygote (idempotent); its workers die with it."""
+        if self.state is ZygoteState.CREATED:  # never served: it never will be
+            self.state = ZygoteState.CLOSED
+            self._spawned.set()
+            self._closed.set()
+            return
         sock = self._sock
-        if sock is not None and self.state is ZygoteState.RUNNING:
+        if sock is not None and self.state in (ZygoteState.STARTING, ZygoteState.RUNNING):
             self.state = ZygoteState.CLOSED
             with contextlib.suppress(OSError):  # already gone
                 sock.shutdown(socket.SHUT_RDWR)
@@ -484,6 +518,7 @@ class Zygote:
         for event, _reply in self._requests.values():
             event.set()
         self._requests.clear()
+        self._spawned.set()
         watch = self._watch
         if watch is not None:
             with anyio.CancelScope(shield=True):

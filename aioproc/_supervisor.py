@@ -26,6 +26,7 @@ waits forever, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
@@ -109,6 +110,12 @@ class _AnnouncingLauncher:
         if self._hub.active:
             self._hub.emit("worker_started", pid=watch.pid)
         return watch
+
+
+async def _serve_zygote(zygote: Zygote) -> None:
+    """Run the pool's zygote; a failure to start reaches the workers asked of it."""
+    with contextlib.suppress(WorkerStartError):
+        await zygote.serve()
 
 
 class Supervisor:
@@ -339,7 +346,9 @@ class Supervisor:
                     start_timeout=config.start_timeout,
                 )
                 self._zygote = zygote
-                await self._tg.start(zygote.serve)
+                # Not awaited: the workers' fork requests go out while the zygote
+                # starts and are served right after its handshake (cold start).
+                self._tg.start_soon(_serve_zygote, zygote)
             return zygote
 
     async def _start_worker(self, slot: Slot) -> None:

@@ -200,7 +200,10 @@ def main() -> None:
     os.set_inheritable(ctl_fd, False)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=ctl_fd)
     zygote = _Zygote(sock)
-    code = zygote.serve() if zygote.handshake() else 1
+    try:
+        code = zygote.serve() if zygote.handshake() else 1
+    except (BrokenPipeError, ConnectionResetError):
+        code = 1  # the caller went away (closed while we started): nothing to say
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

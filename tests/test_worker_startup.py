@@ -1,8 +1,11 @@
 """How worker processes and the zygote start: the lean bootstrap skips site.py
-(``-S``) when it can and hands the caller's setup over instead."""
+(``-S``) when it can and hands the caller's setup over instead; a starting
+zygote already takes fork requests."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import site
 import sys
@@ -10,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import aioproc
 from aioproc import _launcher, _worker_main
-from aioproc._launcher import caller_sys_path
+from aioproc._errors import WorkerStartError
+from aioproc._launcher import Zygote, ZygoteState, caller_sys_path
 from tests import startupfns
 
 START_METHODS = ["forkserver", "spawn"]
@@ -109,3 +114,58 @@ def test_a_sitecustomize_in_the_caller_keeps_site(monkeypatch: pytest.MonkeyPatc
 def test_the_zygote_boots_with_the_collector_off() -> None:
     argv = _launcher._boot_argv("aioproc._zygote")
     assert "gc.disable()" in argv[-1]
+
+
+# -- the zygote takes fork requests while it starts ---------------------------------
+
+
+async def test_a_worker_asked_of_a_starting_zygote_is_forked_once_it_is_ready() -> None:
+    zygote = Zygote()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(zygote.serve)
+        assert zygote.state is not ZygoteState.RUNNING
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            watch = await zygote.launch(in_r, out_w)
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        assert zygote.state is ZygoteState.RUNNING
+        os.close(in_w)  # EOF before the handshake: the worker exits 0
+        try:
+            assert await watch.wait() == 0
+        finally:
+            watch.close()
+            os.close(out_r)
+        await zygote.aclose()
+
+
+async def test_a_zygote_that_fails_to_start_fails_the_queued_launch_with_its_cause() -> None:
+    zygote = Zygote(preload=["no_such_module_xyz"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve_quietly, zygote)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            with pytest.raises(WorkerStartError, match="no_such_module_xyz") as caught:
+                await zygote.launch(in_r, out_w)
+        finally:
+            for fd in (in_r, in_w, out_r, out_w):
+                os.close(fd)
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    assert zygote.state is ZygoteState.CLOSED
+
+
+async def test_a_zygote_closed_before_its_handshake_ends() -> None:
+    zygote = Zygote()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve_quietly, zygote)
+        await anyio.sleep(0)
+        await zygote.aclose()
+    assert zygote.state is ZygoteState.CLOSED
+
+
+async def _serve_quietly(zygote: Zygote) -> None:
+    with contextlib.suppress(WorkerStartError):
+        await zygote.serve()
