@@ -5,13 +5,21 @@ started process whose two protocol pipes are connected, and an *exit watch*
 (``pid``, ``await wait() -> returncode | None``, ``send_signal(sig)``)::
 
     SpawnLauncher.launch(in_r, out_w)
-        posix_spawn(python -m aioproc._worker_main 3 4 PARENT_PID)   (from the
+        posix_spawn(python [-S] -c BOOTSTRAP 3 4 PARENT_PID)   (from the
         event-loop thread: PR_SET_PDEATHSIG follows the thread that forked)
         -> ChildWatch (pidfd + wait4: our own child)
 
-    Zygote.launch(in_r, out_w)
+    Zygote.launch(in_r, out_w)       (also while the zygote still starts: queued)
         SPAWN + fds ──► zygote forks ──► SPAWNED + pidfd
         -> ZygoteChildWatch (pidfd to signal; the return code relayed by the zygote)
+
+Start-up time is the pool's cold start, so the bootstrap is lean: it loads
+``aioproc._worker_main`` or ``aioproc._zygote`` without the package
+``__init__``, and skips site.py (``-S``) whenever the caller's setup allows,
+handing over what site.py would have set up (``sys.path``, ``sys.prefix``,
+the ``exit``/``help`` builtins, setuptools' distutils shim) instead. The
+zygote imports with the collector off, and a pool queues its first fork
+requests behind the zygote's handshake.
 
 Processes are started with ``os.posix_spawn`` rather than ``subprocess`` or the
 event loop's subprocess support: those either reap the child behind our back
@@ -20,7 +28,8 @@ would fire the child's ``PR_SET_PDEATHSIG``. SIGINT is blocked across the exec;
 the child ignores it, then unblocks it.
 
 A :class:`Zygote` belongs to one owner (a ``Worker`` or a ``Pool``), runs its
-control-socket reader as a task (``await tg.start(zygote.serve)``) and exits
+control-socket reader as a task (``await tg.start(zygote.serve)``, or
+``tg.start_soon`` to ask for workers before it is ready) and exits
 with its owner (``aclose()``): its workers then die too (PR_SET_PDEATHSIG).
 """
 
