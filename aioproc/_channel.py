@@ -22,11 +22,15 @@ import os
 import select
 import socket
 from collections import deque
-from typing import Any
 
 from ._errors import EndOfChannel, ProtocolError
 from ._values import check_sendable
 from .protocol import Decoder, Kind, decode, encode, encode_body, frame_header, make_packer
+
+#: Not typing.TYPE_CHECKING: a worker need not import typing to start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["MAX_RECORD", "Channel", "PipeConn", "recv_record", "send_record"]
 

@@ -37,10 +37,14 @@ import functools
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ._errors import ProtocolError, RemoteTraceback, TaskError
 from .protocol import encode_body
+
+#: Not typing.TYPE_CHECKING: a worker need not import typing to start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ExceptionInfo",
@@ -54,7 +58,12 @@ __all__ = [
 ]
 
 #: ``[module, qualname, args | None, message, traceback]`` as sent in ``ERROR``.
-ExceptionInfo = list[Any]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    ExceptionInfo: TypeAlias = list[Any]
+else:
+    ExceptionInfo = list
 
 _SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 _KEY_TYPES = frozenset({str, int, bytes})

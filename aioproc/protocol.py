@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any, Final
 
 import msgpack
 
 from ._errors import ProtocolError
+
+#: Not typing.TYPE_CHECKING: a worker need not import typing to start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "BIG_FRAME",
