@@ -432,6 +432,11 @@ class Zygote:
                 return recv_record(sock)
             except BlockingIOError:
                 await anyio.wait_readable(sock)
+            except ConnectionResetError:
+                # The zygote closed with requests of ours unread (it failed to
+                # start). Linux reports that once, ahead of the records it had
+                # sent: read on for its failure reply, then end of stream.
+                continue
 
     async def _read_loop(self) -> None:
         while True:

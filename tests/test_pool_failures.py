@@ -284,3 +284,16 @@ async def test_bug_in_the_supervisor_at_start_surfaces_from_entering(
 ) -> None:
     with anyio.fail_after(10), pytest.raises(SupervisorBug):
         await enter_pool_with_a_broken_supervisor(monkeypatch)
+
+
+async def test_a_failing_zygote_with_fork_requests_queued_still_reports_its_cause() -> None:
+    # The pool queues its first fork requests behind the zygote's handshake; a
+    # zygote that fails to import preload exits with them unread, which Linux
+    # reports as a connection reset ahead of the zygote's failure reply. That
+    # race hit about one start in four: repeat it.
+    for _ in range(12):
+        with pytest.raises(PoolBrokenError) as caught:
+            async with Pool(min_workers=2, preload=["no_such_module_for_aioproc_tests"]):
+                pass
+        assert isinstance(caught.value.__cause__, WorkerStartError)
+        assert isinstance(caught.value.__cause__.__cause__, ModuleNotFoundError)
