@@ -17,10 +17,10 @@ an async library.
 
 from __future__ import annotations
 
+import _socket  # not socket: its enum conversions cost a starting zygote ~2.5 ms
 import array
 import os
 import select
-import socket
 from collections import deque
 
 from ._errors import EndOfChannel, ProtocolError
@@ -248,21 +248,21 @@ class Channel:
 
 #: Largest control record (the handshake config carries sys.path).
 MAX_RECORD = 1 << 20
-_FDS_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+_FDS_SPACE = _socket.CMSG_SPACE(4 * array.array("i").itemsize)
 
 
 def send_record(
-    sock: socket.socket, message: object, fds: list[int] | tuple[int, ...] = ()
+    sock: _socket.socket, message: object, fds: list[int] | tuple[int, ...] = ()
 ) -> None:
     """Send one frame (and *fds*) as one SEQPACKET record."""
     frame = encode(message)
     ancillary = []
     if fds:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))]
     sock.sendmsg([frame], ancillary)
 
 
-def recv_record(sock: socket.socket) -> tuple[Any, list[int]] | None:
+def recv_record(sock: _socket.socket) -> tuple[Any, list[int]] | None:
     """One record: (message, received fds); ``None`` at end of stream.
 
     :raises ProtocolError: when the record is not one well-formed frame.
@@ -271,7 +271,7 @@ def recv_record(sock: socket.socket) -> tuple[Any, list[int]] | None:
     data, ancillary, _flags, _addr = sock.recvmsg(MAX_RECORD, _FDS_SPACE)
     fds: list[int] = []
     for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             received = array.array("i")
             usable = len(payload) - len(payload) % received.itemsize
             received.frombytes(payload[:usable])

@@ -35,7 +35,6 @@ loaded on first access through the module ``__getattr__`` below.
 from __future__ import annotations
 
 import os
-import signal as _signal
 from collections.abc import Sequence
 
 #: Not ``typing.TYPE_CHECKING``: importing typing would cost workers a few ms at start.
@@ -93,6 +92,9 @@ def _format_args(args: object) -> str:
 
 def signal_name(signum: int) -> str:
     """``SIGKILL`` for 9; ``signal 99`` for a number with no name."""
+    # Imported here: the signal module's enums cost a starting zygote ~1 ms.
+    import signal as _signal
+
     try:
         return _signal.Signals(signum).name
     except ValueError:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import importlib
 import sys
 from collections.abc import Callable
 
@@ -323,8 +322,18 @@ def resolve_ref(ref: str) -> Any:
     module_name, _, qualname = ref.partition(":")
     module = sys.modules.get(module_name)
     if module is None:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     return _lookup(module, qualname)
+
+
+def _import_module(name: str) -> Any:
+    """``importlib.import_module(name)`` for an absolute name, without importing
+    :mod:`importlib` (which a starting zygote would pay for).
+
+    :raises ImportError: when the module cannot be imported.
+    """
+    __import__(name)
+    return sys.modules[name]
 
 
 # -- exceptions ------------------------------------------------------------------
@@ -362,7 +371,7 @@ def _exception_class(module_name: str, qualname: str) -> type[Exception] | None:
         module = sys.modules.get(module_name)
         if module is None:
             try:
-                module = importlib.import_module(module_name)
+                module = _import_module(module_name)
             except Exception:
                 return None
         try:

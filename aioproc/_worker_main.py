@@ -26,9 +26,7 @@ so it never outlives the caller.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import struct
 import sys
 from collections import deque
@@ -41,7 +39,11 @@ from .protocol import DEFAULT_MAX_FRAME, PROTOCOL_VERSION, CallFlag, Kind, encod
 #: Not typing.TYPE_CHECKING: a worker need not import typing to start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # the same functions and constants (typeshed has no _signal)
     from typing import Any
+else:
+    # Not signal: its enum conversions slow a starting zygote (see _zygote).
+    import _signal
 
 __all__ = ["is_async_callable", "main", "prepare_process", "restore_site", "run_forked", "serve"]
 
@@ -94,7 +96,7 @@ def _load_prctl() -> Any:
         return ctypes.CDLL(None, use_errno=True).prctl
 
 
-def set_pdeathsig(expected_parent: int, sig: int = signal.SIGKILL) -> None:
+def set_pdeathsig(expected_parent: int, sig: int = _signal.SIGKILL) -> None:
     """Ask for *sig* when the parent (thread) dies; exit now if it already has."""
     global _prctl
     if sys.platform.startswith("linux"):
@@ -108,10 +110,10 @@ def set_pdeathsig(expected_parent: int, sig: int = signal.SIGKILL) -> None:
 
 def prepare_process(parent_pid: int) -> None:
     """Ignore SIGINT, die with the parent: the first thing a worker or zygote does."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     # The spawner blocked SIGINT across exec so that no Ctrl-C could land before
     # the line above; a pending one is discarded by SIG_IGN.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
     set_pdeathsig(parent_pid)
 
 
@@ -129,8 +131,10 @@ def restore_site(distutils_shim: bool) -> None:
     site.sethelper()
     if distutils_shim:
         # Gone since the caller started (setuptools uninstalled): no shim then.
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105 - contextlib would cost a starting zygote ~0.4 ms
             __import__("_distutils_hack").add_shim()
+        except Exception:
+            pass
 
 
 def is_async_callable(fn: object) -> bool:
@@ -408,8 +412,10 @@ class Server:
 def _close(iterator: Any) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
-        with contextlib.suppress(BaseException):
+        try:  # noqa: SIM105 - no contextlib in a worker (start-up time)
             close()
+        except BaseException:
+            pass
 
 
 def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:

@@ -24,15 +24,19 @@ that is not its own child without any pid-reuse race. The zygote reaps its
 children and relays their return codes; workers forked from it ask for SIGKILL
 when the zygote dies, and the zygote asks for SIGKILL when the caller's thread
 dies, so nothing outlives the caller.
+
+Start-up time is the pool's cold start: the zygote uses the C modules
+``_socket`` and ``_signal`` directly, because the ``socket`` and ``signal``
+wrappers turn their constants into enums (``enum``, ``functools`` and the
+conversions cost a bare ~7 ms interpreter another ~4 ms).
 """
 
 from __future__ import annotations
 
+import _socket
 import gc
 import os
 import select
-import signal
-import socket
 import sys
 
 from ._channel import recv_record, send_record
@@ -43,7 +47,10 @@ from .protocol import PROTOCOL_VERSION, Kind
 #: Not typing.TYPE_CHECKING: a worker need not import typing to start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # the same functions and constants (typeshed has no _signal)
     from typing import Any
+else:
+    import _signal
 
 __all__ = ["main"]
 
@@ -74,7 +81,7 @@ def _thread_count() -> int:
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.pid = os.getpid()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -117,8 +124,8 @@ class _Zygote:
         return True
 
     def serve(self) -> int:
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, _on_sigchld)
+        _signal.set_wakeup_fd(self.wake_w)
+        _signal.signal(_signal.SIGCHLD, _on_sigchld)
         poller = select.poll()
         ctl = self.sock.fileno()
         poller.register(ctl, select.POLLIN)
@@ -159,8 +166,8 @@ class _Zygote:
         pid = os.fork()
         if pid == 0:  # the worker
             try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _signal.set_wakeup_fd(-1)
+                _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
                 self.sock.close()
                 os.close(self.wake_r)
                 os.close(self.wake_w)
@@ -198,7 +205,7 @@ def main() -> None:
     ctl_fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     prepare_process(parent_pid)
     os.set_inheritable(ctl_fd, False)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=ctl_fd)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, ctl_fd)
     zygote = _Zygote(sock)
     try:
         code = zygote.serve() if zygote.handshake() else 1

@@ -25,7 +25,7 @@ worker could be implemented in another language from it alone.
 from __future__ import annotations
 
 import struct
-import threading
+from _thread import _local  # threading.local itself, without importing threading
 
 import msgpack
 
@@ -137,7 +137,7 @@ def _default(obj: object) -> object:
     raise TypeError(f"cannot encode an object of type {type(obj).__qualname__}")
 
 
-class _Packers(threading.local):
+class _Packers(_local):
     """One reusable msgpack Packer per thread and nesting depth.
 
     A Packer is about 3x cheaper than :func:`msgpack.packb` but not reentrant
