@@ -34,6 +34,8 @@ __all__ = ["IN_PLACE_MIN", "PipeEnds"]
 READ_CHUNK = 256 * 1024
 #: Bodies at least this big are written header and body apart (no copy).
 _WRITEV_MIN = 64 * 1024
+#: Frames held during a read batch are joined into one buffer up to this size.
+_JOIN_MAX = 64 * 1024
 #: Messages carrying a bytes value at least this big are packed into a reused
 #: buffer and written from it (see :meth:`PipeEnds._send_in_place`).
 IN_PLACE_MIN = 64 * 1024
@@ -189,6 +191,8 @@ class PipeEnds:
         if self._wbuf or self._in_w < 0:
             self._wbuf.extend(held)
             return
+        if len(held) > 2 and sum(map(len, held)) <= _JOIN_MAX:
+            held = [b"".join(held)]  # small frames: one copy beats many iovecs
         try:
             written = os.writev(self._in_w, held[:1024])  # IOV_MAX
         except BlockingIOError:

@@ -45,6 +45,7 @@ Design of dispatch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import os
@@ -71,7 +72,7 @@ from ._pooliter import MapResults, StreamResults
 from ._poolstats import PoolStats, TaskCounts, WorkerCounts, WorkerInfo
 from ._scaling import WorkerState
 from ._supervisor import PoolConfig, Supervisor
-from ._task import Parker, Task, current_parker
+from ._task import Parker, Task, current_parker, park_asyncio
 from ._values import check_sendable, function_ref
 from .protocol import DEFAULT_MAX_FRAME
 
@@ -182,6 +183,8 @@ class Pool:
         self._dispatcher = self._sup.dispatcher
         self._tg: anyio.abc.TaskGroup | None = None
         self._parker: Parker = _not_entered  # the backend's own primitive once entered
+        #: The running asyncio loop (asyncio/uvloop): run() waits on its futures.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Read on every task: kept as plain attributes.
         self._cancel = self._dispatcher.cancel
         self._task_timeout = task_timeout
@@ -208,6 +211,8 @@ class Pool:
             raise RuntimeError(f"a Pool can be entered only once (it is {self._state.value})")
         self._state = PoolState.STARTING
         self._parker = current_parker()
+        if self._parker is park_asyncio:
+            self._loop = asyncio.get_running_loop()
         if self._config.max_queue is not None:
             self._dispatcher.on_room = self._on_room
         tg = anyio.create_task_group()
@@ -443,9 +448,17 @@ class Pool:
         else:
             task = await self.submit_waiting(fn, args, timeout, retries)
         if task._callbacks is not None:
+            loop = self._loop
             try:
-                await task._parker(task)
+                if loop is not None and task._future is None:
+                    # asyncio/uvloop, the only waiter: a bare loop future set by
+                    # Task._resolve (no parker coroutine in between).
+                    fut = task._future = loop.create_future()
+                    await fut
+                else:
+                    await task._parker(task)
             except BaseException:
+                task._future = None
                 task.cancel()
                 raise
         return task.result()

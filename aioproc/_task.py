@@ -33,7 +33,7 @@ from ._errors import TaskCancelledError
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-__all__ = ["Parker", "Task", "TaskStatus", "current_parker"]
+__all__ = ["Parker", "Task", "TaskStatus", "current_parker", "park_asyncio"]
 
 T = TypeVar("T")
 
@@ -214,7 +214,7 @@ def cancelled_error(task: Task[Any]) -> TaskCancelledError:
 # -- parking: wait for a task on each backend's native primitive ----------------------
 
 
-async def _park_asyncio(task: Task[Any]) -> None:
+async def park_asyncio(task: Task[Any]) -> None:
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     if task._future is None or task._future.done():
         # The common case, one waiter (pool.run): woken directly by _resolve.
@@ -274,7 +274,7 @@ def current_parker() -> Parker:
     except RuntimeError:
         pass
     else:
-        return _park_asyncio
+        return park_asyncio
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
