@@ -33,7 +33,6 @@ Exceptions
 from __future__ import annotations
 
 import builtins
-import functools
 import sys
 from collections.abc import Callable
 
@@ -43,7 +42,11 @@ from .protocol import encode_body
 #: Not typing.TYPE_CHECKING: a worker need not import typing to start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from functools import partial
     from typing import Any
+else:
+    # functools.partial itself (the C type), without importing functools.
+    from _functools import partial
 
 __all__ = [
     "ExceptionInfo",
@@ -270,7 +273,7 @@ def function_ref(fn: object) -> tuple[str, list[Any], dict[str, Any]]:
     """
     if isinstance(fn, str):
         return _check_ref_string(fn), [], {}
-    if isinstance(fn, functools.partial):
+    if isinstance(fn, partial):
         ref, args, kwargs = function_ref(fn.func)
         args = [*args, *fn.args]
         kwargs = {**kwargs, **fn.keywords}

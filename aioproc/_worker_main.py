@@ -426,10 +426,9 @@ def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:
     sys_path = config.get("sys_path")
     if sys_path:
         sys.path[:] = [p for p in sys_path if isinstance(p, str)]
-    import importlib
-
+    # __import__, not importlib.import_module: importlib costs a process ~0.4 ms.
     for name in config.get("preload") or ():
-        importlib.import_module(name)
+        __import__(name)
     initializer = config.get("initializer")
     if initializer:
         ref, args, kwargs = initializer

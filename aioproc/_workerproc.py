@@ -148,7 +148,16 @@ class WorkerProcess(PipeEnds):
         os.set_blocking(in_w, False)
         os.set_blocking(out_r, False)
         self._in_w, self._out_r = in_w, out_r
-        self._wbuf.append(frame_header(len(hello)) + hello)
+        # The handshake goes into the empty pipe before the launch: a forked
+        # worker finds it waiting (no wait for the zygote's SPAWNED reply and
+        # our writer task); what the pipe cannot take is left to the writer.
+        frame = frame_header(len(hello)) + hello
+        try:
+            written = os.write(in_w, frame)
+        except BlockingIOError:  # pragma: no cover - a fresh pipe has room
+            written = 0
+        if written < len(frame):
+            self._wbuf.append(memoryview(frame)[written:])
         try:
             self._watch = await self.launcher.launch(in_r, out_w)
         except BaseException:

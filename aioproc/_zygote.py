@@ -62,10 +62,9 @@ def _apply_config(config: dict[str, Any]) -> None:
     sys_path = config.get("sys_path")
     if sys_path:
         sys.path[:] = [p for p in sys_path if isinstance(p, str)]
-    import importlib
-
+    # __import__, not importlib.import_module: importlib costs a process ~0.4 ms.
     for name in config.get("preload") or ():
-        importlib.import_module(name)
+        __import__(name)
 
 
 def _wants_preload(config: object) -> bool:
