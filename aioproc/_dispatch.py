@@ -198,13 +198,6 @@ class Dispatcher:
         """Tasks waiting for a worker to be free (not first in line on one)."""
         return self.n_deque + self.n_pipe
 
-    def _enqueue(self, task: Task[Any]) -> None:
-        task.in_queue = True
-        self.queue.append(task)
-        self.n_deque += 1
-        if self.can_grow and self.n_deque + self.n_pipe > self.n_starting:
-            self._wake()
-
     def submit(self, task: Task[Any]) -> None:
         """Put *task* on a worker now, or in the queue.
 
@@ -218,7 +211,12 @@ class Dispatcher:
             function_ref(task.fn)
             if task.args:
                 check_sendable(task.args, "args")
-            self._enqueue(task)
+            # Queued (every task submitted while all workers are busy).
+            task.in_queue = True
+            self.queue.append(task)
+            self.n_deque += 1
+            if self.can_grow and self.n_deque + self.n_pipe > self.n_starting:
+                self._wake()
         self.n_queued += 1
         self.submitted += 1
         if self.hub.active:

@@ -439,12 +439,28 @@ class Pool:
             as ``__cause__``.
         """
         max_queue = self._max_queue
+        dispatcher = self._dispatcher
         if (
             self._state is PoolState.OPEN
-            and self._dispatcher.broken is None
-            and (max_queue is None or self._dispatcher.n_queued < max_queue)
+            and dispatcher.broken is None
+            and (max_queue is None or dispatcher.n_queued < max_queue)
         ):
-            task = self._new_task(fn, args, timeout, retries, False)
+            if timeout is None and not retries:  # _new_task's common case, inlined
+                task_id = self._next_id
+                self._next_id = task_id + 1
+                task: Task[Any] = Task(
+                    task_id,
+                    fn,
+                    args,
+                    self._task_timeout,
+                    0,
+                    self._parker,
+                    self._cancel,
+                    monotonic(),
+                )
+                dispatcher.submit(task)
+            else:
+                task = self._new_task(fn, args, timeout, retries, False)
         else:
             task = await self.submit_waiting(fn, args, timeout, retries)
         if task._callbacks is not None:
