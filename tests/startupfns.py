@@ -39,3 +39,16 @@ def parent_death_signal() -> int:
     value = ctypes.c_int()
     ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value), 0, 0, 0)
     return value.value
+
+
+_KEPT: list[int] = []
+
+
+def keep_size(blob: bytes) -> None:
+    """Initializer: remember how many bytes the handshake carried."""
+    _KEPT.append(len(blob))
+
+
+def kept_sizes() -> list[int]:
+    """What :func:`keep_size` remembered in this worker."""
+    return list(_KEPT)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import site
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,29 @@ def test_a_sitecustomize_in_the_caller_keeps_site(monkeypatch: pytest.MonkeyPatc
 def test_the_zygote_boots_with_the_collector_off() -> None:
     argv = _launcher._boot_argv("aioproc._zygote")
     assert "gc.disable()" in argv[-1]
+
+
+#: Imported by the socket/signal/threading wrappers (enums) or by importlib: each
+#: would add to every pool's cold start.
+_HEAVY_MODULES = {"enum", "socket", "signal", "threading", "importlib", "contextlib", "types"}
+
+
+def test_the_zygote_starts_without_the_heavy_wrapper_modules() -> None:
+    argv = _launcher._boot_argv("aioproc._zygote")
+    probe = argv[-1].replace("m.main()", f"print(sorted(set(sys.modules) & {_HEAVY_MODULES!r}))")
+    assert probe != argv[-1]
+    out = subprocess.run(
+        [sys.executable, *argv[:-1], probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == "[]"
+
+
+async def test_a_handshake_bigger_than_the_pipe_reaches_a_forked_worker() -> None:
+    size = 3 * 2**20  # over the 1 MiB pipe buffer: the writer task sends the rest
+    async with aioproc.Pool(
+        min_workers=1, max_workers=1, initializer=startupfns.keep_size, initargs=(b"x" * size,)
+    ) as pool:
+        assert await pool.run(startupfns.kept_sizes) == [size]
 
 
 # -- the zygote takes fork requests while it starts ---------------------------------
