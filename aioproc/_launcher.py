@@ -18,8 +18,10 @@ Start-up time is the pool's cold start, so the bootstrap is lean: it loads
 ``__init__``, and skips site.py (``-S``) whenever the caller's setup allows,
 handing over what site.py would have set up (``sys.path``, ``sys.prefix``,
 the ``exit``/``help`` builtins, setuptools' distutils shim) instead. The
-zygote imports with the collector off, and a pool queues its first fork
-requests behind the zygote's handshake.
+zygote imports with the collector off and uses the C modules ``_socket`` and
+``_signal`` (not the enum-converting wrappers); a pool queues its first fork
+requests behind the zygote's handshake, and each worker's handshake is written
+into its pipe before the fork request, so a forked worker finds it waiting.
 
 Processes are started with ``os.posix_spawn`` rather than ``subprocess`` or the
 event loop's subprocess support: those either reap the child behind our back
