@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # start in about two thirds of the time (PYTHONDONTWRITEBYTECODE may be set, so
 # write it explicitly; stale files are simply recompiled in memory).
 bytecode: $(STAMP)
-	$(PY) -m compileall -q aioproc
+	$(PY) -m compileall -q aioproc benchmarks tests examples
 
 demo: bytecode
 	$(PY) examples/tour.py
