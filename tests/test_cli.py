@@ -171,8 +171,12 @@ def test_shell_start_up_is_subtracted(tmp_path: Path) -> None:
     assert overhead["mean"] > 0
     (result,) = data["results"]
     assert result["argv"] == ["sh", "-c", ":"]
-    assert result["median"] < 0.5 * overhead["mean"]
-    assert min(r["wall_time"] for r in result["runs"]) >= 0.0
+    fastest = min(r["wall_time"] for r in result["runs"])
+    assert fastest >= 0.0
+    # The fastest run, not the median: a loaded machine spreads single runs by
+    # about a shell start-up, but not all ten of them.
+    assert fastest < 0.5 * overhead["mean"]
+    assert result["median"] < overhead["mean"]  # unsubtracted, it would be about one start-up
 
 
 def test_shell_sleep_reports_what_the_direct_sleep_does(tmp_path: Path) -> None:
