@@ -27,7 +27,7 @@ from anyio.lowlevel import checkpoint
 
 from ._errors import EndOfChannel, ProtocolError
 from ._values import check_sendable
-from ._worker_main import EXIT_PROTOCOL_ERROR, Server, is_async_callable
+from ._worker_main import EXIT_PROTOCOL_ERROR, Server, is_async_callable, main_ended
 from .protocol import CallFlag, Kind
 
 __all__ = ["AsyncChannel", "run_async", "run_async_main", "run_awaitable"]
@@ -329,14 +329,9 @@ def run_async_main(server: Server, fn: Any, args: list[Any], kwargs: dict[str, A
         channel = AsyncChannel(server)
         try:
             await fn(channel, *args, **kwargs)
-        except SystemExit as exc:
-            server.system_exit(0, exc)
-            return server.exit_code or 0
         except BaseException as exc:
-            server.send_error(0, exc)
-            return 1
-        server.conn.send([Kind.RESULT, 0, None])
-        return 0
+            return main_ended(server, exc)
+        return main_ended(server, None)
 
     code: int = _run(server.config, run_main)
     return code

@@ -45,7 +45,15 @@ else:
     # Not signal: its enum conversions slow a starting zygote (see _zygote).
     import _signal
 
-__all__ = ["is_async_callable", "main", "prepare_process", "restore_site", "run_forked", "serve"]
+__all__ = [
+    "is_async_callable",
+    "main",
+    "main_ended",
+    "prepare_process",
+    "restore_site",
+    "run_forked",
+    "serve",
+]
 
 _CO_COROUTINE = 0x80
 _CO_ITERABLE_COROUTINE = 0x100
@@ -505,14 +513,25 @@ def _run_main(server: Server, entry: list[Any]) -> int:
     channel = Channel(server.conn)
     try:
         fn(channel, *args, **kwargs)
-    except SystemExit as exc:
+    except BaseException as exc:
+        return main_ended(server, exc)
+    return main_ended(server, None)
+
+
+def main_ended(server: Server, exc: BaseException | None) -> int:
+    """Report how ``main`` (sync or async) ended, as call 0; the exit code.
+
+    Returned: RESULT 0. Raised ``SystemExit``: the worker exits with its code.
+    Raised anything else: ERROR 0 and exit code 1.
+    """
+    if exc is None:
+        server.conn.send([Kind.RESULT, 0, None])
+        return 0
+    if isinstance(exc, SystemExit):
         server.system_exit(0, exc)
         return server.exit_code or 0
-    except BaseException as exc:
-        server.send_error(0, exc)
-        return 1
-    server.conn.send([Kind.RESULT, 0, None])
-    return 0
+    server.send_error(0, exc)
+    return 1
 
 
 def _flush_stdio() -> None:
