@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 from anyio.lowlevel import checkpoint
 
-__all__ = ["FdReceiveStream", "FdSendStream", "close_fd", "set_pipe_size"]
+__all__ = ["FdReceiveStream", "FdSendStream", "close_fd", "close_fd_now", "set_pipe_size"]
 
 # Linux-only fcntl commands (absent from the fcntl module on other systems).
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -43,10 +43,15 @@ def set_pipe_size(fd: int, size: int) -> int:
             return 0
 
 
-async def close_fd(fd: int) -> None:
-    """Wake any task waiting on *fd*, then close it."""
+def close_fd_now(fd: int) -> None:
+    """Wake any task waiting on *fd*, then close it (a plain call)."""
     anyio.notify_closing(fd)
     os.close(fd)
+
+
+async def close_fd(fd: int) -> None:
+    """Wake any task waiting on *fd*, then close it."""
+    close_fd_now(fd)
 
 
 class FdReceiveStream(anyio.abc.ByteReceiveStream):
@@ -111,8 +116,7 @@ class FdReceiveStream(anyio.abc.ByteReceiveStream):
         """Synchronous close, for finalizers; wakes waiters like :meth:`aclose`."""
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            anyio.notify_closing(fd)
-            os.close(fd)
+            close_fd_now(fd)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
@@ -184,8 +188,7 @@ class FdSendStream(anyio.abc.ByteSendStream):
         """Synchronous close, for finalizers; wakes waiters like :meth:`aclose`."""
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            anyio.notify_closing(fd)
-            os.close(fd)
+            close_fd_now(fd)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"

@@ -32,6 +32,7 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._errors import OutputLimitExceeded
+from ._fdio import close_fd_now
 from ._poller import Poller
 
 __all__ = ["MergedLines", "OutputStream", "drain_all"]
@@ -211,8 +212,7 @@ class OutputStream(anyio.abc.ByteReceiveStream):
         """Synchronous :meth:`aclose` (no checkpoint)."""
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            anyio.notify_closing(fd)
-            os.close(fd)
+            close_fd_now(fd)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else "eof" if self._eof else "open"

@@ -46,6 +46,7 @@ else:
     import _signal
 
 __all__ = [
+    "apply_process_config",
     "is_async_callable",
     "main",
     "main_ended",
@@ -426,8 +427,8 @@ def _close(iterator: Any) -> None:
             pass
 
 
-def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:
-    """Apply the handshake config: everything that may fail at start."""
+def apply_process_config(config: dict[str, Any]) -> None:
+    """``cwd``, ``sys_path`` and ``preload`` of a handshake (worker or zygote)."""
     cwd = config.get("cwd")
     if cwd:
         os.chdir(cwd)
@@ -437,6 +438,11 @@ def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:
     # __import__, not importlib.import_module: importlib costs a process ~0.4 ms.
     for name in config.get("preload") or ():
         __import__(name)
+
+
+def _setup(conn: PipeConn, server: Server, config: dict[str, Any]) -> None:
+    """Apply the handshake config: everything that may fail at start."""
+    apply_process_config(config)
     initializer = config.get("initializer")
     if initializer:
         ref, args, kwargs = initializer

@@ -41,30 +41,17 @@ import sys
 
 from ._channel import recv_record, send_record
 from ._values import encode_exception
-from ._worker_main import prepare_process, run_forked, set_pdeathsig
+from ._worker_main import apply_process_config, prepare_process, run_forked, set_pdeathsig
 from .protocol import PROTOCOL_VERSION, Kind
 
 #: Not typing.TYPE_CHECKING: a worker need not import typing to start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal  # the same functions and constants (typeshed has no _signal)
-    from typing import Any
 else:
     import _signal
 
 __all__ = ["main"]
-
-
-def _apply_config(config: dict[str, Any]) -> None:
-    cwd = config.get("cwd")
-    if cwd:
-        os.chdir(cwd)
-    sys_path = config.get("sys_path")
-    if sys_path:
-        sys.path[:] = [p for p in sys_path if isinstance(p, str)]
-    # __import__, not importlib.import_module: importlib costs a process ~0.4 ms.
-    for name in config.get("preload") or ():
-        __import__(name)
 
 
 def _wants_preload(config: object) -> bool:
@@ -106,7 +93,7 @@ class _Zygote:
             )
             return False
         try:
-            _apply_config(hello[2] if isinstance(hello[2], dict) else {})
+            apply_process_config(hello[2] if isinstance(hello[2], dict) else {})
         except BaseException as exc:
             send_record(self.sock, [Kind.HELLO, PROTOCOL_VERSION, self.pid, encode_exception(exc)])
             return False
