@@ -5,18 +5,22 @@ the child's pidfd) and ``Process.output()`` merges two pipes in arrival order.
 With one task per fd that costs a task group and one loop round trip per fd per
 wake-up. Instead, on Linux, the fds go into an epoll instance of their own, and
 the task waits for *that* fd to become readable (an epoll fd is itself pollable,
-so ``anyio.wait_readable`` works on it on asyncio, uvloop and trio alike)::
+so one wait works on asyncio, uvloop and trio alike)::
 
     stdout ─┐
-    stderr ─┼─> epoll fd ──anyio.wait_readable──> one task: ready() -> [fd, ...]
+    stderr ─┼─> epoll fd ──wait readable──> one task: ready() -> [fd, ...]
     pidfd  ─┤
     stdin  ─┘  (writable)
+
+On asyncio and uvloop the wait is a loop future behind ``add_reader``; on trio
+it is ``anyio.wait_readable``.
 
 Elsewhere :class:`Poller` falls back to ``select`` with a short back-off sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
 import select
 
 import anyio
@@ -24,6 +28,20 @@ import anyio
 __all__ = ["Poller"]
 
 _HAVE_EPOLL = hasattr(select, "epoll")
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio (or uvloop) loop; None on another backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    # Level-triggered: the loop may call this again before the waiter runs.
+    if not future.done():
+        future.set_result(None)
 
 
 class Poller:
@@ -34,7 +52,7 @@ class Poller:
     until that list is not empty. One task at a time may wait.
     """
 
-    __slots__ = ("_delay", "_epoll", "_readers", "_waiting", "_writers")
+    __slots__ = ("_delay", "_epoll", "_future", "_readers", "_waiting", "_writers")
 
     def __init__(self, *, use_epoll: bool = _HAVE_EPOLL) -> None:
         self._epoll = select.epoll() if use_epoll else None
@@ -42,6 +60,7 @@ class Poller:
         self._writers: set[int] = set()
         self._delay = 0.0
         self._waiting = False
+        self._future: asyncio.Future[None] | None = None  # see _wait_on_loop
 
     def register(self, fd: int, *, write: bool = False) -> None:
         """Watch *fd* for readability (or writability with *write*)."""
@@ -70,26 +89,53 @@ class Poller:
 
     async def wait(self, *, check_first: bool = True) -> list[int]:
         """Wait until at least one watched fd is ready; those fds. Pass
-        ``check_first=False`` when ``ready()`` just came back empty."""
+        ``check_first=False`` when ``ready()`` just came back empty.
+
+        :raises anyio.ClosedResourceError: when :meth:`close` is called meanwhile.
+        """
         fds = self.ready() if check_first else []
         while not fds:
             self._waiting = True
             try:
-                if self._epoll is not None:
-                    await anyio.wait_readable(self._epoll.fileno())
-                else:
+                if self._epoll is None:
                     self._delay = min(self._delay * 2 or 0.0005, 0.02)
                     await anyio.sleep(self._delay)
+                elif (loop := _asyncio_loop()) is not None:
+                    await self._wait_on_loop(loop, self._epoll.fileno())
+                else:
+                    await anyio.wait_readable(self._epoll.fileno())
             finally:
                 self._waiting = False
             fds = self.ready()
         self._delay = 0.0
         return fds
 
+    async def _wait_on_loop(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """``anyio.wait_readable(fd)`` for asyncio and uvloop, without anyio's
+        bookkeeping: a plain loop future (a ``run()`` waits once per child, and
+        this path costs about 9 µs less CPU per wait there)."""
+        future = self._future = loop.create_future()
+        loop.add_reader(fd, _wake, future)
+        try:
+            await future
+        finally:
+            self._future = None
+            if not self._epoll_closed():
+                loop.remove_reader(fd)
+
+    def _epoll_closed(self) -> bool:
+        return self._epoll is None or self._epoll.closed
+
     def close(self) -> None:
-        """Release the epoll fd (the watched fds are not touched)."""
+        """Release the epoll fd (the watched fds are not touched); a task waiting
+        in :meth:`wait` gets :class:`anyio.ClosedResourceError`."""
         if self._epoll is not None and not self._epoll.closed:
-            if self._waiting:  # only a waiting task needs waking (and unregistering)
+            future = self._future
+            if future is not None:  # a task waits on its loop's future
+                future.get_loop().remove_reader(self._epoll.fileno())
+                if not future.done():
+                    future.set_exception(anyio.ClosedResourceError())
+            elif self._waiting:  # only a waiting task needs waking (and unregistering)
                 anyio.notify_closing(self._epoll.fileno())
             self._epoll.close()
         self._readers.clear()

@@ -35,6 +35,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._errors import CalledProcessError, OutputLimitExceeded, ProcessTimeoutError
+from ._fdio import grow_pipe_after
 from ._monitor import Rusage
 from ._poller import Poller
 from ._spawn import GroupWatch, Launched, StderrSpec, StdioSpec, launch
@@ -55,13 +56,14 @@ class _LimitHit(Exception):
 
 
 class _Sink:
-    __slots__ = ("chunks", "eof", "name", "size")
+    __slots__ = ("chunks", "eof", "grown", "name", "size")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.chunks: list[bytes] = []
         self.size = 0
         self.eof = False
+        self.grown = False  # the pipe was grown (see grow_pipe_after)
 
     def data(self) -> bytes:
         return b"".join(self.chunks)
@@ -123,6 +125,8 @@ class _Pump:
                 sink.eof = True
                 self.poller.unregister(fd)
                 return
+            if not sink.grown:
+                sink.grown = grow_pipe_after(fd, len(data))
             limit = self.limit
             if limit is not None and sink.size + len(data) > limit:
                 keep = limit - sink.size
@@ -192,7 +196,9 @@ class _Pump:
         """The leader exited by itself: stop what is left of its group, read the
         pipes to EOF, reap."""
         self._release_write_ends()
-        self._service(self.poller.ready())
+        for fd, sink in self.sinks.items():  # usually just EOF: no need to poll first
+            if not sink.eof:
+                self._take(fd, sink)
         if not self._outputs_done():
             # A member of the group still holds a pipe: SIGTERM, grace, SIGKILL.
             self.watch.signal(signal.SIGTERM)

@@ -6,7 +6,7 @@ watchers reap our children and throw the ``wait4`` rusage away, and uvloop forks
 the whole parent instead of using vfork)::
 
     launch(argv, stdin=..., stdout=..., stderr=..., cwd=, env=)
-      │  pipes: pipe2(O_CLOEXEC), output pipes grown to 1 MiB (F_SETPIPE_SZ)
+      │  pipes: pipe2(O_CLOEXEC) (readers grow them to 1 MiB once seen full)
       │  fast path  os.posix_spawn[p](setpgroup=0, setsigdef=SIGPIPE/SIGXFSZ,
       │             dup2 + close of every inheritable fd >= 3)
       │  otherwise  subprocess.Popen(process_group=0, close_fds=True)   (vfork)
@@ -65,20 +65,16 @@ from typing import Literal, Protocol, TypeAlias
 import anyio
 
 from ._errors import CommandNotFoundError
-from ._fdio import set_pipe_size
+from ._posix_spawn import spawn as glibc_spawn
 from ._reap import ChildWatch
 
 __all__ = [
-    "PIPE_SIZE",
     "GroupWatch",
     "Launched",
     "StderrSpec",
     "StdioSpec",
     "launch",
 ]
-
-#: The pipe buffer we ask for: big pipes mean fewer wake-ups and system calls.
-PIPE_SIZE = 1 << 20
 
 
 class _HasFileno(Protocol):
@@ -170,7 +166,6 @@ def launch(
             sources[0] = _fixed_source(stdin, os.O_RDONLY, child_fds)
         if stdout == "pipe":
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            set_pipe_size(read_end, PIPE_SIZE)
             parent_fds.append(read_end)
             (launched.held if hold_output else child_fds).append(write_end)
             sources[1], launched.stdout = write_end, read_end
@@ -181,7 +176,6 @@ def launch(
             sources[2] = sources[1] if sources[1] is not None else 1
         elif stderr == "pipe":
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            set_pipe_size(read_end, PIPE_SIZE)
             parent_fds.append(read_end)
             (launched.held if hold_output else child_fds).append(write_end)
             sources[2], launched.stderr = write_end, read_end
@@ -282,6 +276,10 @@ def _inheritable_fds() -> list[int]:
 def _posix_spawn(
     args: list[str], sources: list[int | None], env: Mapping[str, str] | None, own_group: bool
 ) -> int:
+    pid = glibc_spawn(args, sources, env, own_group)  # the child closes fds >= 3
+    if pid is not None:
+        return pid
+    # No closefrom action in this C library: close each inheritable fd we find.
     actions: list[tuple[int, int, int] | tuple[int, int]] = [
         (os.POSIX_SPAWN_DUP2, src, target) for target, src in enumerate(sources) if src is not None
     ]

@@ -32,7 +32,7 @@ import anyio.abc
 from anyio.lowlevel import checkpoint
 
 from ._errors import OutputLimitExceeded
-from ._fdio import close_fd_now
+from ._fdio import close_fd_now, grow_pipe_after
 from ._poller import Poller
 
 __all__ = ["MergedLines", "OutputStream", "drain_all"]
@@ -78,6 +78,7 @@ class OutputStream(anyio.abc.ByteReceiveStream):
         self._exceeded = False
         self._waiting = False
         self._fast_reads = 0
+        self._grown = False  # the pipe was grown (see grow_pipe_after)
         self._tap: Callable[[bytes], object] | None = None
 
     @property
@@ -121,6 +122,8 @@ class OutputStream(anyio.abc.ByteReceiveStream):
             return None
         if data:
             self._delivered += len(data)
+            if not self._grown:
+                self._grown = grow_pipe_after(fd, len(data))
             if self._tap is not None:
                 self._tap(data)
         else:
