@@ -4,6 +4,7 @@ backpressure."""
 from __future__ import annotations
 
 import fcntl
+import os
 import struct
 import termios
 
@@ -185,3 +186,31 @@ async def test_unread_stdout_applies_backpressure() -> None:
         assert sum(child.cpu_times()[:2]) - cpu < 0.05
         pending = struct.unpack("i", fcntl.ioctl(proc.stdout.fd, termios.FIONREAD, b"\0" * 4))
         assert pending[0] <= 2**20  # all the unread data sits in the pipe, none here
+
+
+def _pipe_size(fd: int) -> int:
+    return int(fcntl.fcntl(fd, 1032))  # F_GETPIPE_SZ
+
+
+def _default_pipe_size() -> int:
+    read_end, write_end = os.pipe()
+    try:
+        return _pipe_size(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def test_a_pipe_grows_to_1mib_once_the_child_has_filled_it() -> None:
+    async with aioproc.spawn(["head", "-c", "1000000", "/dev/zero"]) as proc:
+        assert proc.stdout is not None
+        assert _pipe_size(proc.stdout.fd) == _default_pipe_size()  # short-lived: nothing paid
+        assert len(await proc.stdout.read()) == 1_000_000
+        assert _pipe_size(proc.stdout.fd) == 2**20
+
+
+async def test_a_pipe_that_never_fills_keeps_its_default_size() -> None:
+    async with aioproc.spawn(["echo", "hello"]) as proc:
+        assert proc.stdout is not None
+        assert await proc.stdout.read() == b"hello\n"
+        assert _pipe_size(proc.stdout.fd) == _default_pipe_size()
