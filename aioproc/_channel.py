@@ -182,10 +182,13 @@ class PipeConn:
         self.send_body(encode_body(message))
 
     def write_all(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self.out_fd, view)
-            view = view[written:]
+        """Write all of *data* (blocking); one ``write`` in the usual case."""
+        written = os.write(self.out_fd, data)
+        if written < len(data):
+            view = memoryview(data)[written:]
+            while view:
+                written = os.write(self.out_fd, view)
+                view = view[written:]
 
 
 class Channel:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
+from ._calls import EventWaiter, TrioWaiter
 from ._errors import ProtocolError
 from .protocol import Decoder, frame_header, make_packer
 
@@ -51,12 +54,15 @@ class PipeEnds:
         self._wevent: anyio.Event | None = None
         self._decoder = Decoder(max_frame)
         self._rbuf = bytearray(READ_CHUNK)
+        self._rview = memoryview(self._rbuf)
+        self._new_waiter: Callable[[], Any] = EventWaiter
         self._broken_pipe = False
         self._protocol_error: ProtocolError | None = None
         self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
         self._big_packer: Any = None  # for _send_in_place
         # Pool hook: frames held while a read batch is handled (see the docstring).
         self._held: list[bytes | memoryview] | None = None
+        self._held_list: list[bytes | memoryview] = []
 
     def _handle(self, message: Any) -> None:
         raise NotImplementedError
@@ -107,36 +113,50 @@ class PipeEnds:
         """Read and handle what the pipe holds; False at end of stream."""
         fd = self._out_r
         buf = self._rbuf
-        size = len(buf)
         decoder = self._decoder
-        with memoryview(buf) as view:
-            while True:
-                big = decoder.read_buffer()  # the rest of a big frame: read it in place
-                try:
-                    n = os.readv(fd, [big if big is not None else buf])
-                except BlockingIOError:
-                    return True
-                finally:
-                    if big is not None:
-                        big.release()
-                if n == 0:
-                    return False
-                held: list[bytes | memoryview] = []
-                self._held = held
-                try:
-                    messages = decoder.feed(view[:n]) if big is None else decoder.filled(n)
-                    for message in messages:
-                        self._handle(message)
-                finally:
-                    self._held = None
-                    if held:
+        held = self._held_list  # reused: no list per read
+        while True:
+            big = decoder.read_buffer()  # the rest of a big frame: read it in place
+            try:
+                if big is None:
+                    n = os.readv(fd, [buf])
+                else:
+                    with big:
+                        n = os.readv(fd, [big])
+            except BlockingIOError:
+                return True
+            if n == 0:
+                return False
+            self._held = held
+            try:
+                messages = decoder.feed(self._rview[:n]) if big is None else decoder.filled(n)
+                for message in messages:
+                    self._handle(message)
+            finally:
+                self._held = None
+                if held:
+                    try:
                         self._write_held(held)
-                if big is None and n < size:
-                    return True
+                    finally:
+                        held.clear()
+            if big is None and n < READ_CHUNK:
+                return True
 
     async def _read_with_waits(self) -> None:
         """The portable reader: wait_readable, then read what is there."""
         fd = self._out_r
+        trio = sys.modules.get("trio")
+        if trio is not None and self._new_waiter is TrioWaiter:
+            # On trio: trio's own wait_readable, without anyio's backend lookup
+            # per wait (its ClosedResourceError is anyio's, as anyio would make it).
+            wait_readable = trio.lowlevel.wait_readable
+            try:
+                while True:
+                    await wait_readable(fd)
+                    if not self._read_available():
+                        return
+            except trio.ClosedResourceError:
+                raise anyio.ClosedResourceError from None
         while True:
             await anyio.wait_readable(fd)
             if not self._read_available():

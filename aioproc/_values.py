@@ -49,6 +49,7 @@ else:
     from _functools import partial
 
 __all__ = [
+    "PLAIN_REFS",
     "ExceptionInfo",
     "check_sendable",
     "decode_exception",
@@ -190,7 +191,9 @@ def pack_checked(message: object, value: object, path: str) -> bytes:
 
 # -- function references ------------------------------------------------------------
 
-_ref_cache: dict[object, str] = {}
+#: function_ref()'s cache: plain callables (no partials, no strings) found
+#: referenceable, with their reference. A hit needs no check (``submit``'s fast path).
+PLAIN_REFS: dict[object, str] = {}
 _REF_CACHE_MAX = 4096
 
 
@@ -281,15 +284,15 @@ def function_ref(fn: object) -> tuple[str, list[Any], dict[str, Any]]:
         check_sendable(kwargs, "fn.keywords")
         return ref, args, kwargs
     try:
-        return _ref_cache[fn], [], {}
+        return PLAIN_REFS[fn], [], {}
     except KeyError:
         pass
     except TypeError:  # unhashable callable
         return _name_of(fn), [], {}
     ref = _name_of(fn)
-    if len(_ref_cache) >= _REF_CACHE_MAX:
-        _ref_cache.clear()
-    _ref_cache[fn] = ref
+    if len(PLAIN_REFS) >= _REF_CACHE_MAX:
+        PLAIN_REFS.clear()
+    PLAIN_REFS[fn] = ref
     return ref, [], {}
 
 

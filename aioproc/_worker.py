@@ -77,7 +77,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, TypeVar, TypeVarTuple, overload
 
 import anyio
@@ -86,7 +86,7 @@ import anyio.abc
 from ._errors import TaskTimeoutError, WorkerStartError
 from ._launcher import SpawnLauncher, Zygote
 from ._monitor import ProcessStats
-from ._worker_main import is_async_callable
+from ._worker_main import ASYNC_CODE_FLAGS, is_async_callable
 from ._workerproc import (
     STREAM_WINDOW,
     Call,
@@ -320,8 +320,13 @@ class Worker:
         :raises Exception: what *fn* raised, rebuilt (or :class:`TaskError`),
             with the remote traceback as ``__cause__``.
         """
-        proc = self._serving()
-        is_async = _is_async(fn)
+        proc = self._proc
+        if proc is None or self._options.main is not None:
+            proc = self._serving()  # raises
+        if type(fn) is FunctionType:  # the usual case, read as _is_async() would
+            is_async: bool | None = bool(fn.__code__.co_flags & ASYNC_CODE_FLAGS)
+        else:
+            is_async = _is_async(fn)
         # Calls run one at a time, in order: one sent while nothing is pending
         # runs at once. For a sync one that is all a cancellation needs to know,
         # so only the others ask the worker for STARTED (it costs a message).
@@ -331,7 +336,10 @@ class Worker:
         running_sync = head and is_async is False and not report
         if timeout is None:
             try:
-                return await call.wait()
+                # call.wait(), without a coroutine more to pass through twice.
+                while not call.done:
+                    await call.waiter()
+                return call.result()
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
                     await _give_up(proc, call, head=head, running_sync=running_sync)

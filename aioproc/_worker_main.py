@@ -46,6 +46,7 @@ else:
     import _signal
 
 __all__ = [
+    "ASYNC_CODE_FLAGS",
     "apply_process_config",
     "is_async_callable",
     "main",
@@ -56,9 +57,10 @@ __all__ = [
     "serve",
 ]
 
-_CO_COROUTINE = 0x80
-_CO_ITERABLE_COROUTINE = 0x100
-_CO_ASYNC_GENERATOR = 0x200
+#: Code flags of a function the worker runs as async: CO_COROUTINE,
+#: CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR (the values of :mod:`inspect`'s,
+#: which a worker does not import).
+ASYNC_CODE_FLAGS = 0x80 | 0x100 | 0x200
 _PR_SET_PDEATHSIG = 1
 
 #: Result types packed straight away (exact types; the packer checks the rest).
@@ -154,7 +156,7 @@ def is_async_callable(fn: object) -> bool:
         code = getattr(func, "__code__", None)
     if code is None:
         return False
-    return bool(code.co_flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR | _CO_ITERABLE_COROUTINE))
+    return bool(code.co_flags & ASYNC_CODE_FLAGS)
 
 
 class _SwitchToAsync(Exception):
@@ -318,7 +320,13 @@ class Server:
                 else:
                     if self.stopping or conn.eof:
                         return 0
-                    self._dispatch(conn.read_batch(block=True))
+                    batch = conn.read_batch(block=True)
+                    if len(batch) == 1 and batch[0][0] == Kind.CALL:
+                        # The usual wake-up: one call, nothing queued. Run it
+                        # now; through the queue it would be the same.
+                        self._run_call(batch[0])
+                        continue
+                    self._dispatch(batch)
                     fresh = True
                     continue
                 if self.stopping:

@@ -26,12 +26,13 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from ._calls import Call, EventWaiter, StreamCall
+from ._calls import Call, StreamCall, credit_frame, plain_frame, waiter_factory
 from ._errors import (
     EndOfChannel,
     ProtocolError,
@@ -44,6 +45,7 @@ from ._launcher import ExitWatch, Launcher
 from ._monitor import ProcessStats, StatsSampler
 from ._pipeends import IN_PLACE_MIN, PipeEnds
 from ._values import (
+    PLAIN_REFS,
     check_sendable,
     decode_exception,
     explain_unsendable,
@@ -119,7 +121,6 @@ class WorkerProcess(PipeEnds):
         self._inbox: deque[Any] = deque()
         self._inbox_event: anyio.Event | None = None
         self._main_outcome: list[Any] | None = None
-        self._new_waiter: Callable[[], Any] = EventWaiter
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -135,8 +136,7 @@ class WorkerProcess(PipeEnds):
             raise RuntimeError(f"worker process is {self.state.value}, not created")
         self.state = WorkerState.STARTING
         self._loop = asyncio_loop()
-        if self._loop is not None:
-            self._new_waiter = self._loop.create_future
+        self._new_waiter = waiter_factory(self._loop)
         self._wevent = anyio.Event()
         self._exited = anyio.Event()
         config = self.options.handshake_config()
@@ -382,10 +382,6 @@ class WorkerProcess(PipeEnds):
 
     # -- calls -------------------------------------------------------------------
 
-    def _check_running(self) -> None:
-        if self.state is not WorkerState.RUNNING:
-            raise self.not_running_error()
-
     def not_running_error(self) -> BaseException:
         """The error a call on this worker raises now that it does not run."""
         if self.exit_info is not None and self.state is WorkerState.CRASHED:
@@ -411,9 +407,15 @@ class WorkerProcess(PipeEnds):
         :raises WorkerCrashedError: when the worker has died.
         :raises RuntimeError: when the worker is not running (not started, stopped).
         """
-        self._check_running()
-        ref, bound, kwargs = function_ref(fn)
-        call_args = [*bound, *args] if bound else list(args)
+        if self.state is not WorkerState.RUNNING:
+            raise self.not_running_error()
+        ref = PLAIN_REFS.get(fn) if type(fn) is FunctionType else None
+        if ref is not None:  # a plain function sent before: no checks to redo
+            call_args: list[Any] = list(args)
+            kwargs: dict[str, Any] = {}
+        else:
+            ref, bound, kwargs = function_ref(fn)
+            call_args = [*bound, *args] if bound else list(args)
         flags = 0
         if report_started or (report_started is None and self.report_started):
             flags = CallFlag.REPORT_STARTED
@@ -422,10 +424,9 @@ class WorkerProcess(PipeEnds):
         call_id = self._next_id
         self._next_id = call_id + 1
         message = [Kind.CALL, call_id, ref, call_args, kwargs, flags]
-        body = _pack_plain(self._packer, message, args)
-        if body is not None and len(body) <= self.options.max_frame:
-            # The common case: a few exact scalars.
-            self._send_body(body)
+        frame = plain_frame(self._packer, message, args, self.options.max_frame)
+        if frame is not None:  # the common case: a few small exact scalars
+            self._write(frame)
         elif _has_big_bytes(args) and self._can_send_in_place():
             # Checked, then packed and written from a reused buffer (no copy).
             check_sendable(args, "args")
@@ -445,7 +446,7 @@ class WorkerProcess(PipeEnds):
         )
         self._calls[call_id] = call
         if stream:
-            self._write(_credit_frame(call_id, window))
+            self._write(credit_frame(call_id, window))
         return call
 
     def cancel(self, call: Call, *, stop_if_sync: bool = True) -> None:
@@ -481,7 +482,8 @@ class WorkerProcess(PipeEnds):
         """
         if self._main_outcome is not None:
             raise EndOfChannel("the worker's main() has returned")
-        self._check_running()
+        if self.state is not WorkerState.RUNNING:
+            raise self.not_running_error()
         body = pack_checked([Kind.MESSAGE, message], message, "message")
         if len(body) > self.options.max_frame:
             raise ProtocolError(
@@ -594,32 +596,9 @@ class WorkerProcess(PipeEnds):
         )
 
 
-_PLAIN_ARGS = frozenset({type(None), bool, int, float, str, bytes})
-_PLAIN_MAX = 32 * 1024
-
-
-def _pack_plain(packer: Any, message: list[Any], args: Sequence[Any]) -> bytes | None:
-    """The body of a call whose arguments are a few small exact scalars, else None
-    (then the full check runs: it names the type and path of what is wrong)."""
-    for arg in args:
-        kind = type(arg)
-        if kind not in _PLAIN_ARGS or ((kind is bytes or kind is str) and len(arg) > _PLAIN_MAX):
-            return None
-    try:
-        body: bytes = packer.pack(message)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return body if len(body) < _PLAIN_MAX else None
-
-
 def _has_big_bytes(args: Sequence[Any]) -> bool:
     """True when a positional argument is a big bytes object (worth the no-copy path)."""
     for arg in args:  # noqa: SIM110 - a plain loop (no generator) on every call's path
         if type(arg) is bytes and len(arg) >= IN_PLACE_MIN:
             return True
     return False
-
-
-def _credit_frame(call_id: int, credit: int) -> bytes:
-    body = encode_body([Kind.CREDIT, call_id, credit])
-    return frame_header(len(body)) + body

@@ -229,13 +229,17 @@ def _ext_hook(code: int, data: bytes) -> object:
     raise ProtocolError(f"unknown msgpack ext type {code}")
 
 
+_unpackb = msgpack.unpackb
+_unpack_header = _HEADER.unpack_from
+
+
 def decode(body: bytes | bytearray | memoryview) -> Any:
     """Decode one frame body (exactly one msgpack value).
 
     :raises ProtocolError: when *body* is not exactly one valid msgpack value.
     """
     try:
-        return msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        return _unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors
@@ -313,6 +317,20 @@ class Decoder:
         :raises ProtocolError: when a header announces more than ``max_frame``
             bytes or a body is not one msgpack value (the decoder is then broken).
         """
+        if not self._buf and self._big is None and self._broken is None:
+            # Fast path: exactly one whole frame and nothing held back (a small
+            # call or result, the usual read). Anything else, including a body
+            # that fails to decode, goes the general way below, which raises.
+            total = len(data)
+            if total >= 4:
+                size = _unpack_header(data)[0]
+                if size + 4 == total and size <= self.max_frame:
+                    try:
+                        return [
+                            _unpackb(data[4:], ext_hook=_ext_hook, raw=False, strict_map_key=False)
+                        ]
+                    except Exception:
+                        pass
         if self._broken is not None:
             raise self._broken
         out: list[Any] = []

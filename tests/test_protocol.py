@@ -61,6 +61,29 @@ def test_a_broken_decoder_stays_broken() -> None:
         decoder.feed(encode([1]))
 
 
+def test_a_whole_frame_over_max_frame_is_rejected_even_in_one_chunk() -> None:
+    body = msgpack.packb("x" * 20)
+    with pytest.raises(ProtocolError, match="max_frame"):
+        Decoder(max_frame=10).feed(struct.pack(">I", len(body)) + body)
+
+
+def test_a_bad_whole_frame_breaks_the_decoder_for_good() -> None:
+    decoder = Decoder()
+    with pytest.raises(ProtocolError):
+        decoder.feed(struct.pack(">I", 1) + b"\xc1")
+    with pytest.raises(ProtocolError):
+        decoder.feed(encode([1]))
+
+
+def test_one_whole_frame_after_a_partial_one_completes_both() -> None:
+    decoder = Decoder()
+    first, second = encode([1, "a"]), encode([2, "b"])
+    assert decoder.feed(first[:3]) == []
+    assert decoder.feed(first[3:]) == [[1, "a"]]
+    assert decoder.feed(second) == [[2, "b"]]
+    assert decoder.buffered == 0
+
+
 def test_arrays_decode_as_lists_and_int_map_keys_are_allowed() -> None:
     (message,) = Decoder().feed(encode({1: [1, 2], b"k": "v"}))
     assert message == {1: [1, 2], b"k": "v"}

@@ -59,6 +59,27 @@ async def test_many_calls_in_flight_resolve_in_order() -> None:
         assert proc.calls_done == 50
 
 
+async def test_a_waiter_woken_before_it_is_awaited_returns_at_once() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.add, (1, 2))
+        waiter = call.waiter()
+        with anyio.fail_after(10):
+            while not call.done:
+                await anyio.sleep(0.001)
+            await waiter
+        assert call.result() == 3
+
+
+async def test_a_cancelled_call_waiter_leaves_the_call_to_finish() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.sleep, (0.2,))
+        with anyio.move_on_after(0.05):
+            await call.waiter()
+        assert not call.done
+        with anyio.fail_after(10):
+            assert await call.wait() == "slept"
+
+
 async def test_started_is_reported_when_asked_with_sync_or_async() -> None:
     async with started(report_started=True) as proc:
         seen: list[tuple[int, bool | None]] = []
