@@ -159,14 +159,18 @@ class _Pump:
     def _outputs_done(self) -> bool:
         return all(sink.eof for sink in self.sinks.values())
 
-    async def _turn(self, *, until_exit: bool) -> None:
-        """Serve fds until the leader exited (*until_exit*) or the outputs hit EOF."""
+    async def _turn(self, *, until_exit: bool, poll_first: bool = True) -> None:
+        """Serve fds until the leader exited (*until_exit*) or the outputs hit EOF.
+        Without *poll_first* the first step waits instead of polling (right after
+        the start nothing is ready yet, and a ready fd ends the wait at once)."""
         turns = 0
+        poll = poll_first
         while not (self.exited if until_exit else self._outputs_done()):
             if until_exit and self.pidfd < 0 and self.watch.exited():
                 self.exited = True  # no pidfd (macOS): polled
                 break
-            fds = self.poller.ready()
+            fds = self.poller.ready() if poll else []
+            poll = True
             if fds:
                 self._service(fds)
                 turns += 1
@@ -184,8 +188,9 @@ class _Pump:
                 await anyio.sleep(0.005)
 
     async def until_exit(self) -> None:
-        """Feed stdin and collect output until the leader has exited."""
-        await self._turn(until_exit=True)
+        """Feed stdin and collect output until the leader has exited (call once,
+        right after the start)."""
+        await self._turn(until_exit=True, poll_first=False)
 
     def _release_write_ends(self) -> None:
         for fd in self.launched.held:

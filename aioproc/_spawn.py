@@ -111,11 +111,14 @@ class Launched:
     held: list[int] = field(default_factory=list)
 
 
+_STDIO_WORDS = frozenset({"pipe", "devnull", "inherit"})
+_STDERR_WORDS = _STDIO_WORDS | {"stdout"}
+
+
 def _check_stdio(name: str, spec: object) -> None:
     expected = "'pipe', 'devnull', 'inherit', a file or an fd"
     if isinstance(spec, str):
-        allowed = {"pipe", "devnull", "inherit"} | ({"stdout"} if name == "stderr" else set())
-        if spec not in allowed:
+        if spec not in (_STDERR_WORDS if name == "stderr" else _STDIO_WORDS):
             raise ValueError(f"{name}={spec!r}: expected {expected}")
     elif isinstance(spec, bool) or not (isinstance(spec, int) or hasattr(spec, "fileno")):
         raise TypeError(f"{name}={spec!r}: expected {expected}")
