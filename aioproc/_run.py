@@ -99,6 +99,9 @@ class _Pump:
         if self.pidfd >= 0:
             self.poller.register(self.pidfd)
         self.exited = False
+        # Fds with nothing more to report (EOF, the exit seen): unregistered before
+        # the poller is next asked, which usually never happens -- run() is done.
+        self._done_fds: list[int] = []
 
     # -- moving data ------------------------------------------------------------------
 
@@ -106,7 +109,7 @@ class _Pump:
         for fd in fds:
             if fd == self.pidfd:
                 self.exited = True
-                self.poller.unregister(fd)
+                self._done_fds.append(fd)
                 self.pidfd = -1
             elif fd == self.stdin:
                 self._feed()
@@ -123,7 +126,7 @@ class _Pump:
                 return
             if not data:
                 sink.eof = True
-                self.poller.unregister(fd)
+                self._done_fds.append(fd)
                 return
             if not sink.grown:
                 sink.grown = grow_pipe_after(fd, len(data))
@@ -169,6 +172,10 @@ class _Pump:
             if until_exit and self.pidfd < 0 and self.watch.exited():
                 self.exited = True  # no pidfd (macOS): polled
                 break
+            if self._done_fds:
+                for fd in self._done_fds:
+                    self.poller.unregister(fd)
+                self._done_fds.clear()
             fds = self.poller.ready() if poll else []
             poll = True
             if fds:
