@@ -9,6 +9,7 @@ an :class:`anyio.Event`, which costs ~1 µs just to make on trio).
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 from collections import deque
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._errors import TaskCancelledError
 from .protocol import Kind, encode_body
@@ -28,6 +30,7 @@ __all__ = [
     "EventWaiter",
     "StreamCall",
     "TrioWaiter",
+    "checkpoint_factory",
     "credit_frame",
     "plain_frame",
     "waiter_factory",
@@ -77,6 +80,19 @@ def waiter_factory(loop: Any) -> Callable[[], Any]:
         else:
             return TrioWaiter
     return EventWaiter
+
+
+def checkpoint_factory(loop: Any) -> Callable[[], Awaitable[None]]:
+    """:func:`anyio.lowlevel.checkpoint` of the running backend (*loop* as for
+    :func:`waiter_factory`), without anyio's backend lookup on every call."""
+    if loop is not None:
+        import asyncio
+
+        return functools.partial(asyncio.sleep, 0)  # anyio's asyncio checkpoint
+    trio = sys.modules.get("trio")
+    if waiter_factory(None) is TrioWaiter and trio is not None:
+        return trio.lowlevel.checkpoint  # type: ignore[no-any-return]
+    return anyio.lowlevel.checkpoint
 
 
 class TrioWaiter:

@@ -22,10 +22,11 @@ import contextlib
 import os
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from ._calls import EventWaiter, TrioWaiter
 from ._errors import ProtocolError
@@ -56,6 +57,8 @@ class PipeEnds:
         self._rbuf = bytearray(READ_CHUNK)
         self._rview = memoryview(self._rbuf)
         self._new_waiter: Callable[[], Any] = EventWaiter
+        #: anyio.lowlevel.checkpoint of the running backend (set when serving starts).
+        self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         self._broken_pipe = False
         self._protocol_error: ProtocolError | None = None
         self._loop: Any = None  # the asyncio loop, when on asyncio (fast paths)
@@ -66,6 +69,28 @@ class PipeEnds:
 
     def _handle(self, message: Any) -> None:
         raise NotImplementedError
+
+    def _protocol_failure(self, exc: ProtocolError) -> None:
+        """The worker sent a bad frame: end it (the subclass's job)."""
+        raise NotImplementedError
+
+    def read_now(self) -> None:
+        """Handle what the worker has already answered, from the caller's task.
+
+        Right after a call is sent its answer is often there already: on the
+        same CPU the worker runs as soon as our write wakes it. Reading it here
+        spares the event loop a turn to wake the reader (on trio, a task switch
+        to the reader task and back). Nothing is lost when the pipe is empty
+        (one ``readv``). The reader stays the one that ends at end of stream
+        (the pipe stays readable, so it reads the end again); a bad frame is
+        handled as the reader handles one.
+        """
+        if self._out_r < 0 or self._protocol_error is not None:
+            return
+        try:
+            self._read_available()
+        except ProtocolError as exc:
+            self._protocol_failure(exc)
 
     def _can_send_in_place(self) -> bool:
         """Nothing queued ahead (order) and not inside a read batch (Pool hook)."""

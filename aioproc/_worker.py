@@ -39,6 +39,10 @@ the pipe I/O is the ``_pipeends.PipeEnds`` base class)
         block), ``call.tag`` (free for the owner). A call that never started
         when the worker died ends with ``WorkerCrashedError`` and
         ``call.started`` False: safe to requeue.
+    ``proc.read_now()``
+        handle what the worker has answered already, from the caller's task
+        (right after a submit; see ``PipeEnds.read_now``); an answer read so
+        still passes ``await proc.checkpoint()`` (the backend's checkpoint).
     ``proc.cancel(call, stop_if_sync=True)``
         queued: the worker drops it (``TaskCancelledError``); running async:
         cancelled inside the worker, which lives on; running sync: the worker is
@@ -333,10 +337,14 @@ class Worker:
         head = proc.pending == 0
         report = timeout is not None or is_async is None or (not is_async and not head)
         call = proc.submit(fn, args, report_started=report)
+        proc.read_now()  # the answer may be there already (see read_now)
         running_sync = head and is_async is False and not report
         if timeout is None:
             try:
-                # call.wait(), without a coroutine more to pass through twice.
+                # call.wait(), without a coroutine more to pass through twice;
+                # an answer read already still passes a checkpoint, as a wait would.
+                if call.done:
+                    await proc.checkpoint()
                 while not call.done:
                     await call.waiter()
                 return call.result()
@@ -346,6 +354,8 @@ class Worker:
                 raise
         with anyio.move_on_after(timeout) as scope:
             try:
+                if call.done:
+                    await proc.checkpoint()
                 return await call.wait()
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:

@@ -32,7 +32,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._calls import Call, StreamCall, credit_frame, plain_frame, waiter_factory
+from ._calls import (
+    Call,
+    StreamCall,
+    checkpoint_factory,
+    credit_frame,
+    plain_frame,
+    waiter_factory,
+)
 from ._errors import (
     EndOfChannel,
     ProtocolError,
@@ -137,6 +144,7 @@ class WorkerProcess(PipeEnds):
         self.state = WorkerState.STARTING
         self._loop = asyncio_loop()
         self._new_waiter = waiter_factory(self._loop)
+        self.checkpoint = checkpoint_factory(self._loop)
         self._wevent = anyio.Event()
         self._exited = anyio.Event()
         config = self.options.handshake_config()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import select
 import signal
 import time
 
@@ -176,3 +177,43 @@ async def test_stop_sends_sigterm_to_a_main_that_never_reads_its_channel() -> No
         assert worker.state is Worker.State.STOPPED
         with pytest.raises(ProcessLookupError):
             os.kill(worker.pid, 0)
+
+
+def _read_only_once_answered(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the read right after sending find the answer (as it usually does when
+    the worker shares our CPU) by blocking until the pipe is readable."""
+    proc = worker._proc
+    assert proc is not None
+    read_now = proc.read_now
+
+    def read_when_answered() -> None:
+        select.select([proc._out_r], [], [], 10)
+        read_now()
+
+    monkeypatch.setattr(proc, "read_now", read_when_answered)
+
+
+async def test_a_call_answered_at_once_is_still_a_cancellation_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Worker() as worker:
+        _read_only_once_answered(worker, monkeypatch)
+        reached = False
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await worker.call(wf.add, 1, 2)
+            reached = True
+        assert not reached
+        # The call had ended: nothing to give up, the worker serves on.
+        assert worker.state is Worker.State.RUNNING
+        assert await worker.call(wf.add, 2, 3) == 5
+
+
+async def test_a_call_with_a_timeout_answered_at_once_returns_its_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Worker() as worker:
+        _read_only_once_answered(worker, monkeypatch)
+        assert await worker.call(wf.add, 1, 2, timeout=10) == 3
+        with pytest.raises(ValueError, match="boom"):
+            await worker.call(wf.fail, "boom", timeout=10)

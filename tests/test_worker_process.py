@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioproc import TaskCancelledError, WorkerCrashedError, WorkerStartError
+from aioproc import ProtocolError, TaskCancelledError, WorkerCrashedError, WorkerStartError
 from aioproc._launcher import SpawnLauncher, Zygote
 from aioproc._workerproc import ExitInfo, WorkerOptions, WorkerProcess, WorkerState
 from tests import workerfns as wf
@@ -78,6 +79,50 @@ async def test_a_cancelled_call_waiter_leaves_the_call_to_finish() -> None:
         assert not call.done
         with anyio.fail_after(10):
             assert await call.wait() == "slept"
+
+
+def _until_answered(proc: WorkerProcess) -> None:
+    """Block (the loop too, so no reader runs) until the worker's pipe is readable."""
+    readable, _, _ = select.select([proc._out_r], [], [], 10)
+    assert readable, "the worker did not answer"
+
+
+async def test_read_now_handles_an_answer_already_in_the_pipe() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.add, (1, 2))
+        _until_answered(proc)
+        proc.read_now()
+        assert call.done
+        assert call.result() == 3
+
+
+async def test_read_now_with_nothing_to_read_leaves_the_call_to_the_reader() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.sleep, (0.2,))
+        proc.read_now()
+        assert not call.done
+        with anyio.fail_after(10):
+            assert await call.wait() == "slept"
+
+
+async def test_a_bad_frame_met_by_read_now_fails_the_calls_as_the_reader_would() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.write_garbage_to_parent, ())
+        _until_answered(proc)
+        proc.read_now()
+        with anyio.fail_after(10), pytest.raises(ProtocolError):
+            await call.wait()
+        assert (await proc.wait_exit()).protocol_error is not None
+
+
+async def test_end_of_stream_met_by_read_now_is_still_seen_by_the_reader() -> None:
+    async with started() as proc:
+        call = proc.submit(wf.crash, (3,))
+        _until_answered(proc)
+        proc.read_now()
+        with anyio.fail_after(10), pytest.raises(WorkerCrashedError):
+            await call.wait()
+        assert (await proc.wait_exit()).returncode == 3
 
 
 async def test_started_is_reported_when_asked_with_sync_or_async() -> None:
