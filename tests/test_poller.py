@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -10,40 +11,52 @@ import pytest
 from aioproc._poller import Poller
 
 
-async def test_wait_returns_the_fds_that_became_readable() -> None:
-    first, second = os.pipe(), os.pipe()
-    poller = Poller()
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+@pytest.fixture(params=[True, False], ids=["epoll", "select"])
+def poller(request: pytest.FixtureRequest) -> Iterator[Poller]:
+    poller = Poller(use_epoll=request.param)
+    yield poller
+    poller.close()
+
+
+async def test_wait_returns_the_fds_that_became_readable(
+    pipe: tuple[int, int], poller: Poller
+) -> None:
+    other_read, other_write = os.pipe()
     try:
-        poller.register(first[0])
-        poller.register(second[0])
+        poller.register(other_read)
+        poller.register(pipe[0])
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_write_later, second[1])
+            tg.start_soon(_write_later, pipe[1])
             with anyio.fail_after(5):
-                assert await poller.wait() == [second[0]]
+                assert await poller.wait() == [pipe[0]]
     finally:
-        poller.close()
-        for fd in (*first, *second):
-            os.close(fd)
+        poller.unregister(other_read)
+        os.close(other_read)
+        os.close(other_write)
 
 
-async def test_wait_returns_at_once_when_an_fd_is_already_ready() -> None:
-    read_end, write_end = os.pipe()
-    poller = Poller()
-    try:
-        os.write(write_end, b"x")
-        poller.register(read_end)
-        with anyio.fail_after(5):
-            assert await poller.wait() == [read_end]
-    finally:
-        poller.close()
-        os.close(read_end)
-        os.close(write_end)
+async def test_wait_returns_at_once_when_an_fd_is_already_ready(
+    pipe: tuple[int, int], poller: Poller
+) -> None:
+    os.write(pipe[1], b"x")
+    poller.register(pipe[0])
+    with anyio.fail_after(5):
+        assert await poller.wait() == [pipe[0]]
 
 
-async def test_closing_the_poller_wakes_a_waiting_task_with_closed_resource_error() -> None:
-    read_end, write_end = os.pipe()
-    poller = Poller()
-    poller.register(read_end)
+async def test_closing_the_poller_wakes_a_waiting_task_with_closed_resource_error(
+    pipe: tuple[int, int],
+) -> None:
+    poller = Poller()  # epoll: the select fallback sleeps instead of waiting on an fd
+    poller.register(pipe[0])
     outcome: list[BaseException] = []
 
     async def waiter() -> None:
@@ -52,48 +65,30 @@ async def test_closing_the_poller_wakes_a_waiting_task_with_closed_resource_erro
         except anyio.ClosedResourceError as exc:
             outcome.append(exc)
 
-    try:
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(waiter)
-                await anyio.wait_all_tasks_blocked()
-                poller.close()
-        assert len(outcome) == 1
-    finally:
-        poller.close()
-        os.close(read_end)
-        os.close(write_end)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            poller.close()
+    assert len(outcome) == 1
 
 
-async def test_a_cancelled_wait_leaves_the_poller_usable() -> None:
-    read_end, write_end = os.pipe()
-    poller = Poller()
-    try:
-        poller.register(read_end)
-        with anyio.move_on_after(0.05) as scope:
-            await poller.wait()
-        assert scope.cancelled_caught
-        os.write(write_end, b"x")
-        with anyio.fail_after(5):
-            assert await poller.wait() == [read_end]
-    finally:
-        poller.close()
-        os.close(read_end)
-        os.close(write_end)
+async def test_a_cancelled_wait_leaves_the_poller_usable(
+    pipe: tuple[int, int], poller: Poller
+) -> None:
+    poller.register(pipe[0])
+    with anyio.move_on_after(0.05) as scope:
+        await poller.wait()
+    assert scope.cancelled_caught
+    os.write(pipe[1], b"x")
+    with anyio.fail_after(5):
+        assert await poller.wait() == [pipe[0]]
 
 
-@pytest.mark.parametrize("use_epoll", [True, False], ids=["epoll", "select"])
-async def test_both_implementations_report_a_writable_fd(use_epoll: bool) -> None:
-    read_end, write_end = os.pipe()
-    poller = Poller(use_epoll=use_epoll)
-    try:
-        poller.register(write_end, write=True)
-        with anyio.fail_after(5):
-            assert await poller.wait() == [write_end]
-    finally:
-        poller.close()
-        os.close(read_end)
-        os.close(write_end)
+async def test_a_writable_fd_is_reported(pipe: tuple[int, int], poller: Poller) -> None:
+    poller.register(pipe[1], write=True)
+    with anyio.fail_after(5):
+        assert await poller.wait() == [pipe[1]]
 
 
 async def _write_later(fd: int) -> None:
