@@ -46,14 +46,14 @@ class PipeConn:
 
     __slots__ = (
         "_big_packer",
-        "_buf",
         "_poll",
-        "_view",
+        "buf",
         "decoder",
         "eof",
         "in_fd",
         "max_frame",
         "out_fd",
+        "view",
     )
 
     def __init__(self, in_fd: int, out_fd: int, max_frame: int) -> None:
@@ -62,8 +62,10 @@ class PipeConn:
         self.max_frame = max_frame
         self.decoder = Decoder(max_frame)
         self.eof = False
-        self._buf = bytearray(READ_CHUNK)
-        self._view = memoryview(self._buf)
+        #: The reused read buffer and a view of it (the worker's hot loop reads
+        #: into them directly, see Server._serve_lone_calls).
+        self.buf = bytearray(READ_CHUNK)
+        self.view = memoryview(self.buf)
         self._poll = select.poll()
         self._poll.register(in_fd, select.POLLIN)
         self._big_packer: Any = None
@@ -103,11 +105,11 @@ class PipeConn:
         decoder = self.decoder
         big = decoder.read_buffer()
         if big is None:
-            n = os.readv(self.in_fd, [self._buf])
+            n = os.readv(self.in_fd, [self.buf])
             if n == 0:
                 self.eof = True
                 return None
-            return decoder.feed(self._view[:n])
+            return decoder.feed(self.view[:n])
         with big:
             n = os.readv(self.in_fd, [big])
         if n == 0:

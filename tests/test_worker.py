@@ -112,6 +112,66 @@ async def test_system_exit_is_task_error_and_ends_the_worker() -> None:
         assert info.value.exitcode == 4
 
 
+# The worker serves a function it has met before on a shorter path (see
+# Server._serve_lone_calls): each outcome below is checked on a first and a
+# repeated call, which takes that path.
+
+
+async def test_a_result_past_64_bits_fails_that_call_only_every_time() -> None:
+    async with Worker() as worker:
+        for _ in range(2):
+            with pytest.raises(TypeError, match="64 bits"):
+                await worker.call(wf.add, 2**63, 2**63)
+        assert await worker.call(wf.add, 2**62, 2**62) == 2**63
+
+
+async def test_an_exception_of_a_repeated_call_leaves_the_worker_serving() -> None:
+    async with Worker() as worker:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="again"):
+                await worker.call(wf.fail, "again")
+        assert await worker.call(wf.add, 1, 2) == 3
+
+
+async def test_system_exit_of_a_function_called_before_ends_the_worker() -> None:
+    async with Worker() as worker:
+        assert await worker.call(wf.exit_when, None) is None
+        with pytest.raises(TaskError, match="SystemExit"):
+            await worker.call(wf.exit_when, 5)
+        with anyio.fail_after(5):
+            while not worker.state.terminal:
+                await anyio.sleep(0.01)
+        with pytest.raises(WorkerCrashedError) as info:
+            await worker.call(wf.noop)
+        assert info.value.exitcode == 5
+
+
+async def test_an_awaitable_returned_by_a_sync_function_is_awaited() -> None:
+    async with Worker() as worker:
+        assert await worker.call(wf.maybe_awaitable, False) == "now"
+        assert await worker.call(wf.maybe_awaitable, True) == "later"
+        assert await worker.call(wf.maybe_awaitable, False) == "now"
+
+
+async def test_repeated_calls_with_results_of_every_kind_come_back_intact() -> None:
+    async with Worker() as worker:
+        values: list[object] = [
+            None,
+            True,
+            7,
+            -(2**63),
+            2**64 - 1,
+            1.5,
+            "s",
+            b"b",
+            [1],
+            {"k": (2,)},
+        ]
+        for _ in range(2):
+            for value in values:
+                assert await worker.call(wf.echo, value) == value
+
+
 async def test_unserializable_result_fails_that_call_only() -> None:
     async with Worker() as worker:
         with pytest.raises(TypeError, match="set"):

@@ -59,6 +59,21 @@ def noop() -> None:
     return None
 
 
+def exit_when(code: int | None) -> None:
+    """Return, or raise ``SystemExit(code)`` (the same function, called twice)."""
+    if code is not None:
+        raise SystemExit(code)
+
+
+async def _later(value: str) -> str:
+    return value
+
+
+def maybe_awaitable(later: bool) -> object:
+    """A sync function that returns "now", or an awaitable of "later"."""
+    return _later("later") if later else "now"
+
+
 def add(a: int, b: int) -> int:
     return a + b
 
