@@ -90,7 +90,7 @@ import anyio.abc
 from ._errors import TaskTimeoutError, WorkerStartError
 from ._launcher import SpawnLauncher, Zygote
 from ._monitor import ProcessStats
-from ._worker_main import ASYNC_CODE_FLAGS, is_async_callable
+from ._worker_server import ASYNC_CODE_FLAGS, is_async_callable
 from ._workerproc import (
     STREAM_WINDOW,
     Call,

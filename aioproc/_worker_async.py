@@ -27,7 +27,8 @@ from anyio.lowlevel import checkpoint
 
 from ._errors import EndOfChannel, ProtocolError
 from ._values import check_sendable
-from ._worker_main import EXIT_PROTOCOL_ERROR, Server, is_async_callable, main_ended
+from ._worker_main import EXIT_PROTOCOL_ERROR, main_ended
+from ._worker_server import Server, is_async_callable
 from .protocol import CallFlag, Kind
 
 __all__ = ["AsyncChannel", "run_async", "run_async_main", "run_awaitable"]
