@@ -88,6 +88,8 @@ EOF_EXIT_GRACE = 2.0
 MAIN_STOP_WAIT = 0.5
 #: Default stream window (items the worker may run ahead of the consumer).
 STREAM_WINDOW = 16
+#: WorkerState.RUNNING, looked up once (an enum member costs ~65 ns per look-up).
+_RUNNING = WorkerState.RUNNING
 
 
 class WorkerProcess(PipeEnds):
@@ -415,7 +417,7 @@ class WorkerProcess(PipeEnds):
         :raises WorkerCrashedError: when the worker has died.
         :raises RuntimeError: when the worker is not running (not started, stopped).
         """
-        if self.state is not WorkerState.RUNNING:
+        if self.state is not _RUNNING:
             raise self.not_running_error()
         ref = PLAIN_REFS.get(fn) if type(fn) is FunctionType else None
         if ref is not None:  # a plain function sent before: no checks to redo
