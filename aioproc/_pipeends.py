@@ -4,7 +4,9 @@ Reading: a reused 256 KiB buffer, one ``readv`` per wake-up, the
 :class:`~aioproc.protocol.Decoder`, then ``_handle(message)`` for each message
 (the subclass's job). On asyncio and uvloop a persistent ``add_reader`` callback
 does this inside the loop's own poll step (no task switch per read); elsewhere a
-task loops on ``anyio.wait_readable``.
+task loops on ``wait_readable``. A caller that has just sent a call may also
+read what is already there itself (:meth:`PipeEnds.read_now`): on the same CPU
+the worker has usually answered by then, and the reader is not woken at all.
 
 Writing: straight ``os.write``/``os.writev`` while the pipe has room (no task
 switch, no copy of big bodies); what does not fit waits in ``_wbuf`` for the
