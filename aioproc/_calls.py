@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._workerproc import WorkerProcess
 
 __all__ = [
+    "AnsweredCheckpoint",
     "Call",
     "EventWaiter",
     "StreamCall",
@@ -80,6 +81,57 @@ def waiter_factory(loop: Any) -> Callable[[], Any]:
         else:
             return TrioWaiter
     return EventWaiter
+
+
+#: Calls answered at once (see :class:`AnsweredCheckpoint`) per schedule point.
+ANSWERED_PER_YIELD = 16
+
+
+class AnsweredCheckpoint:
+    """What ``Worker.call`` awaits when the answer was read right after sending
+    (``PipeEnds.read_now``), in place of the wait it skipped.
+
+    Every time a cancellation point: a cancelled caller still gets its
+    cancellation, not the result. Every :data:`ANSWERED_PER_YIELD`-th time also a
+    schedule point (the backend's full checkpoint), so a loop of such calls
+    cannot starve other tasks -- as :class:`~aioproc.OutputStream` reads that
+    never have to wait do. A full checkpoint is one event-loop turn (about 2 µs on
+    asyncio, 3 µs on trio), a good part of a whole round trip on one CPU.
+    """
+
+    __slots__ = ("_cancel_point", "_checkpoint", "_count")
+
+    def __init__(self, loop: Any) -> None:
+        self._count = 0
+        self._checkpoint = checkpoint_factory(loop)
+        self._cancel_point = _cancel_point_factory(loop)
+
+    def __call__(self) -> Awaitable[None]:
+        self._count += 1
+        if self._count < ANSWERED_PER_YIELD:
+            return self._cancel_point()
+        self._count = 0
+        return self._checkpoint()
+
+
+async def _asyncio_cancel_point() -> None:
+    import asyncio
+
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():  # a plain asyncio cancellation
+        await asyncio.sleep(0)
+    else:
+        await anyio.lowlevel.checkpoint_if_cancelled()  # anyio cancel scopes
+
+
+def _cancel_point_factory(loop: Any) -> Callable[[], Awaitable[None]]:
+    """:func:`anyio.lowlevel.checkpoint_if_cancelled` of the running backend."""
+    if loop is not None:
+        return _asyncio_cancel_point
+    trio = sys.modules.get("trio")
+    if waiter_factory(None) is TrioWaiter and trio is not None:
+        return trio.lowlevel.checkpoint_if_cancelled  # type: ignore[no-any-return]
+    return anyio.lowlevel.checkpoint_if_cancelled
 
 
 def checkpoint_factory(loop: Any) -> Callable[[], Awaitable[None]]:

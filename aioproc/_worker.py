@@ -42,7 +42,8 @@ the pipe I/O is the ``_pipeends.PipeEnds`` base class)
     ``proc.read_now()``
         handle what the worker has answered already, from the caller's task
         (right after a submit; see ``PipeEnds.read_now``); an answer read so
-        still passes ``await proc.checkpoint()`` (the backend's checkpoint).
+        still passes ``await proc.after_answer()`` (a cancellation point, and a
+        schedule point every few such calls: see ``AnsweredCheckpoint``).
     ``proc.cancel(call, stop_if_sync=True)``
         queued: the worker drops it (``TaskCancelledError``); running async:
         cancelled inside the worker, which lives on; running sync: the worker is
@@ -342,9 +343,10 @@ class Worker:
         if timeout is None:
             try:
                 # call.wait(), without a coroutine more to pass through twice;
-                # an answer read already still passes a checkpoint, as a wait would.
+                # an answer read already still passes a cancellation point (and
+                # now and then a schedule point), as a wait would.
                 if call.done:
-                    await proc.checkpoint()
+                    await proc.after_answer()
                 while not call.done:
                     await call.waiter()
                 return call.result()
@@ -355,7 +357,7 @@ class Worker:
         with anyio.move_on_after(timeout) as scope:
             try:
                 if call.done:
-                    await proc.checkpoint()
+                    await proc.after_answer()
                 return await call.wait()
             except anyio.get_cancelled_exc_class():
                 if not scope.cancel_called:

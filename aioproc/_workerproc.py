@@ -33,9 +33,9 @@ import anyio
 import anyio.abc
 
 from ._calls import (
+    AnsweredCheckpoint,
     Call,
     StreamCall,
-    checkpoint_factory,
     credit_frame,
     plain_frame,
     waiter_factory,
@@ -146,7 +146,7 @@ class WorkerProcess(PipeEnds):
         self.state = WorkerState.STARTING
         self._loop = asyncio_loop()
         self._new_waiter = waiter_factory(self._loop)
-        self.checkpoint = checkpoint_factory(self._loop)
+        self.after_answer = AnsweredCheckpoint(self._loop)
         self._wevent = anyio.Event()
         self._exited = anyio.Event()
         config = self.options.handshake_config()

@@ -217,3 +217,27 @@ async def test_a_call_with_a_timeout_answered_at_once_returns_its_result(
         assert await worker.call(wf.add, 1, 2, timeout=10) == 3
         with pytest.raises(ValueError, match="boom"):
             await worker.call(wf.fail, "boom", timeout=10)
+
+
+async def test_calls_answered_at_once_still_let_other_tasks_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with Worker() as worker:
+        _read_only_once_answered(worker, monkeypatch)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(other_task)
+            await anyio.lowlevel.checkpoint()  # the other task is running now
+            turns = 0
+            for i in range(64):
+                assert await worker.call(wf.add, i, 1) == i + 1
+            tg.cancel_scope.cancel()
+    # A schedule point at least every 16 calls answered at once.
+    assert turns >= 64 // 16
