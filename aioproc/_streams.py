@@ -7,7 +7,7 @@ output tail); nothing is buffered beyond what the caller asked for, so a child
 whose output is not read blocks on a full pipe (backpressure)::
 
     pipe ──os.read──> _read_nowait ──> chunks    async for chunk in stream
-               (limit, tap)        ──> _LineSplitter ──> lines()  (str)
+               (limit, tap)        ──> LineSplitter ──> lines()  (str)
                                    ──> read()    (bytes to EOF)
     stdout ─┐
     stderr ─┴─ Poller ──> _MergedLines ──> Process.output(): ("stdout", line), ...
@@ -15,9 +15,9 @@ whose output is not read blocks on a full pipe (backpressure)::
 Reads try the pipe first and wait for readability only when it is empty; a
 reader that never has to wait still passes a checkpoint every few reads (every
 few thousand lines for ``lines()``), so a fast child cannot starve the loop.
-``lines()`` is an async generator that splits a whole chunk at once and yields
-its lines from a plain loop, which is about as cheap per line as async
-iteration gets in CPython.
+``lines()`` splits a whole chunk at once and hands its lines out from a C type
+(:mod:`aioproc._fastlines`) whose ``async for`` step runs no Python code; where
+the C module was not built, from an async generator (:func:`iter_lines`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ TRANSIENT_CHUNK = 127 * 1024
 MAX_LINE = 1 << 20
 #: Reads (or lines) served without waiting before a forced checkpoint.
 _READS_PER_CHECKPOINT = 16
-_LINES_PER_CHECKPOINT = 4096
+LINES_PER_CHECKPOINT = 16384
 
 
 class OutputStream(anyio.abc.ByteReceiveStream):
@@ -202,7 +202,10 @@ class OutputStream(anyio.abc.ByteReceiveStream):
         characters. Data the iterator has read but not yet yielded is lost if you
         stop iterating early.
         """
-        return _iter_lines(self, keepends)
+        fast = fast_lines()
+        if fast is not None:
+            return fast(self, keepends)
+        return iter_lines(self, keepends)
 
     # -- closing ------------------------------------------------------------------
 
@@ -229,7 +232,7 @@ def _pieces(line: str) -> list[str]:
     return [line[i : i + MAX_LINE] for i in range(0, len(line), MAX_LINE)]
 
 
-class _LineSplitter:
+class LineSplitter:
     """Bytes in, complete lines out (see :meth:`OutputStream.lines` for the rules)."""
 
     __slots__ = ("_carry", "_keepends", "_pending")
@@ -281,35 +284,60 @@ class _LineSplitter:
         return _pieces(text) if text else []
 
 
-async def _iter_lines(stream: OutputStream, keepends: bool) -> AsyncIterator[str]:
-    """``OutputStream.lines()``: reads (and splits) a whole chunk at a time and
-    yields its lines from a plain loop.
+async def iter_lines(stream: OutputStream, keepends: bool) -> AsyncIterator[str]:
+    """``OutputStream.lines()`` when the C line iterator is not built (see
+    :func:`fast_lines`): reads (and splits) a whole chunk at a time and yields
+    its lines from a plain loop.
 
     An async generator, because resuming one costs about two thirds of a call
     to a class's ``async def __anext__`` (CPython 3.11), and a consumer of short
     lines pays that once per line. It only awaits between chunks and every
-    :data:`_LINES_PER_CHECKPOINT` lines (a checkpoint, so a fast child cannot
+    :data:`LINES_PER_CHECKPOINT` lines (a checkpoint, so a fast child cannot
     starve the loop); closing it early runs no clean-up.
     """
-    splitter = _LineSplitter(keepends)
+    splitter = LineSplitter(keepends)
     read = stream._read
     unchecked = 0  # lines yielded since the last checkpoint
     while True:
         data = await read(TRANSIENT_CHUNK)
         lines = splitter.feed(data) if data else splitter.flush()
         count = len(lines)
-        if unchecked + count <= _LINES_PER_CHECKPOINT:
+        if unchecked + count <= LINES_PER_CHECKPOINT:
             unchecked += count
             for line in lines:
                 yield line
         else:
-            for start in range(0, count, _LINES_PER_CHECKPOINT):
+            for start in range(0, count, LINES_PER_CHECKPOINT):
                 await checkpoint()
-                for line in lines[start : start + _LINES_PER_CHECKPOINT]:
+                for line in lines[start : start + LINES_PER_CHECKPOINT]:
                     yield line
-            unchecked = count % _LINES_PER_CHECKPOINT
+            unchecked = count % LINES_PER_CHECKPOINT
         if not data:
             return
+
+
+#: _fastlines.fast_lines, once looked up: None when the C module is missing;
+#: see fast_lines().
+_fast_lines: Callable[[OutputStream, bool], AsyncIterator[str]] | None = None
+_fast_lines_known = False
+#: Tests set this False to run lines() on the generator.
+USE_C_LINES = True
+
+
+def fast_lines() -> Callable[[OutputStream, bool], AsyncIterator[str]] | None:
+    """What makes the C-backed ``lines()`` iterator (:mod:`aioproc._fastlines`),
+    or None when the C module was not built at install (no C compiler) or
+    :data:`USE_C_LINES` is off."""
+    global _fast_lines, _fast_lines_known
+    if not _fast_lines_known:
+        _fast_lines_known = True
+        try:
+            from ._fastlines import fast_lines as make
+        except ImportError:
+            _fast_lines = None
+        else:
+            _fast_lines = make
+    return _fast_lines if USE_C_LINES else None
 
 
 class MergedLines:
@@ -320,9 +348,9 @@ class MergedLines:
 
     def __init__(self, streams: list[OutputStream]) -> None:
         self._streams = [s for s in streams if s.fd >= 0 and not s.at_eof]
-        self._splitters = {id(s): _LineSplitter(False) for s in self._streams}
+        self._splitters = {id(s): LineSplitter(False) for s in self._streams}
         self._queue: deque[tuple[str, str]] = deque()
-        self._budget = _LINES_PER_CHECKPOINT
+        self._budget = LINES_PER_CHECKPOINT
 
     def __aiter__(self) -> MergedLines:
         return self
@@ -330,7 +358,7 @@ class MergedLines:
     async def __anext__(self) -> tuple[str, str]:
         self._budget -= 1
         if self._budget <= 0:
-            self._budget = _LINES_PER_CHECKPOINT
+            self._budget = LINES_PER_CHECKPOINT
             await checkpoint()
         if self._queue:
             return self._queue.popleft()

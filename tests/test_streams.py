@@ -17,93 +17,9 @@ from tests.conftest import python
 from tests.subprocess_programs import PING_PONG
 
 
-async def _lines(data: bytes, keepends: bool = False) -> list[str]:
-    async with aioproc.spawn(["cat"]) as proc:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        await proc.stdin.send(data)
-        await proc.stdin.aclose()
-        return [line async for line in proc.stdout.lines(keepends=keepends)]
-
-
 async def _count_chunks(stream: aioproc.OutputStream, sizes: list[int]) -> None:
     async for chunk in stream:
         sizes += [len(chunk)]  # one by one: the error interrupts the loop
-
-
-async def test_lines_split_on_lf_and_crlf() -> None:
-    assert await _lines(b"a\nb\r\nc\n") == ["a", "b", "c"]
-
-
-async def test_lines_keep_a_lone_cr_as_content() -> None:
-    assert await _lines(b"a\rb\n") == ["a\rb"]
-
-
-async def test_lines_yield_a_final_line_without_newline() -> None:
-    assert await _lines(b"first\nlast") == ["first", "last"]
-
-
-async def test_lines_keepends_keeps_each_terminator() -> None:
-    assert await _lines(b"a\nb\r\nc", keepends=True) == ["a\n", "b\r\n", "c"]
-
-
-async def test_lines_replace_invalid_utf8() -> None:
-    assert await _lines(b"ok \xff\xfe\n") == ["ok \ufffd\ufffd"]
-
-
-async def test_lines_keep_empty_lines() -> None:
-    assert await _lines(b"\n\nx\n") == ["", "", "x"]
-
-
-async def test_lines_join_a_character_and_a_crlf_split_across_writes() -> None:
-    async with aioproc.spawn(["cat"]) as proc:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        lines = proc.stdout.lines()
-        for part in (b"caf\xc3", b"\xa9\r", b"\nnext\n"):
-            await proc.stdin.send(part)
-            await anyio.sleep(0.01)  # let each part arrive as its own chunk
-        await proc.stdin.aclose()
-        assert [line async for line in lines] == ["café", "next"]
-
-
-async def test_a_3mib_line_comes_out_in_pieces_of_at_most_1mib() -> None:
-    size = 3 * 2**20 + 5
-    async with aioproc.spawn(["sh", "-c", f"head -c {size} /dev/zero | tr '\\0' x; echo"]) as proc:
-        assert proc.stdout is not None
-        pieces = [piece async for piece in proc.stdout.lines()]
-    assert len(pieces) >= 4
-    assert all(len(piece) <= 2**20 for piece in pieces)
-    assert "".join(pieces) == "x" * size
-
-
-async def test_lines_of_a_big_burst_come_all_and_in_order() -> None:
-    async with aioproc.spawn(["seq", "50000"]) as proc:
-        assert proc.stdout is not None
-        lines = [line async for line in proc.stdout.lines()]
-    assert lines == [str(i) for i in range(1, 50001)]
-
-
-async def test_a_fast_lines_reader_lets_other_tasks_run() -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await anyio.sleep(0)
-
-    async with anyio.create_task_group() as tg, aioproc.spawn(["seq", "200000"]) as proc:
-        assert proc.stdout is not None
-        tg.start_soon(ticker)
-        await anyio.sleep(0.05)  # the pipe fills: the reader never has to wait
-        before = ticks
-        count = 0
-        async for _line in proc.stdout.lines():
-            count += 1
-        tg.cancel_scope.cancel()
-    assert count == 200000
-    assert ticks - before >= 10
 
 
 async def test_chunks_come_as_bytes_until_eof() -> None:
