@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from anyio.lowlevel import checkpoint
 
 from ._lineiter import LineIter
-from ._streams import LINES_PER_CHECKPOINT, TRANSIENT_CHUNK, LineSplitter
+from ._streams import LINES_PER_CHECKPOINT, MAX_LINE, TRANSIENT_CHUNK, LineSplitter
 
 if TYPE_CHECKING:
     from ._streams import OutputStream
@@ -37,42 +37,53 @@ class _Feeder:
     """Reads and splits for one :class:`LineIter` (which holds only this
     feeder's bound :meth:`refill`: no reference cycle)."""
 
-    __slots__ = ("_budget", "_done", "_lines", "_next", "_splitter", "_stream")
+    __slots__ = ("_done", "_keepends", "_lines", "_splitter", "_stop", "_stream", "_text")
 
     def __init__(self, stream: OutputStream, keepends: bool) -> None:
         self._stream = stream
+        self._keepends = keepends
         self._splitter = LineSplitter(keepends)
-        self._lines: list[str] = []  # the current chunk's lines
-        self._next = 0  # the first of them not handed to the iterator yet
-        self._budget = LINES_PER_CHECKPOINT  # lines until a checkpoint is due
+        # What the iterator was last given: whole lines of a text up to _stop
+        # (the usual case: it cuts them itself), or a list of lines.
+        self._text: str | None = None
+        self._lines: list[str] | None = None
+        self._stop = 0
         self._done = False  # EOF reached: the splitter was flushed
 
     async def refill(self, iterator: LineIter) -> str:
-        """The next line, once *iterator* has handed out all it held; the lines
-        after it go to *iterator* (up to the next checkpoint).
+        """The next line, once *iterator* has handed out what it was given or
+        used up its budget; gives it the lines that follow.
 
         :raises StopAsyncIteration: at the end.
         """
-        while self._next >= len(self._lines):
+        position = iterator.position()
+        while (self._text is None and self._lines is None) or position >= self._stop:
+            self._text = self._lines = None
             if self._done:
                 raise StopAsyncIteration
             data = await self._stream._read(TRANSIENT_CHUNK)
             if data:
-                self._lines = self._splitter.feed(data)
+                region = self._splitter.feed_region(data)
             else:
-                self._lines = self._splitter.flush()
+                region = self._splitter.flush()
                 self._done = True
-            self._next = 0
-        if self._budget <= 0:
+            position = 0
+            if isinstance(region, list):
+                if region:
+                    self._lines, self._stop = region, len(region)
+            elif region[1]:
+                self._text, self._stop = region
+        if iterator.budget() <= 0:
             await checkpoint()
-            self._budget = LINES_PER_CHECKPOINT
-        start = self._next
-        stop = min(len(self._lines), start + self._budget)
-        self._next = stop
-        self._budget -= stop - start
-        return iterator.load(self._lines, start, stop)
+            iterator.set_budget(LINES_PER_CHECKPOINT)
+        if self._text is not None:
+            return iterator.load_text(self._text, position, self._stop, self._keepends, MAX_LINE)
+        assert self._lines is not None
+        return iterator.load(self._lines, position, self._stop)
 
 
 def fast_lines(stream: OutputStream, keepends: bool) -> AsyncIterator[str]:
     """The async iterator of ``stream.lines(keepends)`` over the C type."""
-    return LineIter(_Feeder(stream, keepends).refill)
+    iterator = LineIter(_Feeder(stream, keepends).refill)
+    iterator.set_budget(LINES_PER_CHECKPOINT)
+    return iterator

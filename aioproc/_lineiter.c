@@ -156,6 +156,10 @@ typedef struct {
     Py_ssize_t stop;   /* lines[pos:stop] are held */
     PyObject *pending; /* the line our own awaitable returns, or NULL */
     PyObject *refill;  /* refill(it) -> awaitable of the next line */
+    PyObject *text;    /* text mode: the lines of text[pos:stop], cut here */
+    Py_ssize_t budget; /* lines to hand out before refill is asked again */
+    Py_ssize_t max_line; /* text mode: longer lines come in pieces */
+    int keepends;      /* text mode: lines keep their "\n" */
     int closed;
 } LineIter;
 
@@ -181,6 +185,7 @@ lineiter_traverse(LineIter *self, visitproc visit, void *arg)
     Py_VISIT(self->lines);
     Py_VISIT(self->pending);
     Py_VISIT(self->refill);
+    Py_VISIT(self->text);
     return 0;
 }
 
@@ -190,6 +195,7 @@ lineiter_clear(LineIter *self)
     Py_CLEAR(self->lines);
     Py_CLEAR(self->pending);
     Py_CLEAR(self->refill);
+    Py_CLEAR(self->text);
     return 0;
 }
 
@@ -201,27 +207,75 @@ lineiter_dealloc(LineIter *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The next line of the text held (text mode), a new reference; NULL with an
+ * exception on failure. text[pos:stop] ends with "\n" (load_text checks). */
+static PyObject *
+next_text_line(LineIter *self)
+{
+    Py_ssize_t start = self->pos;
+    Py_ssize_t newline = PyUnicode_FindChar(self->text, '\n', start, self->stop, 1);
+    if (newline == -2) {
+        return NULL;
+    }
+    Py_ssize_t end, next;
+    if (newline < 0) { /* not reached: load_text checks the last character */
+        end = next = self->stop;
+    }
+    else {
+        end = self->keepends ? newline + 1 : newline;
+        next = newline + 1;
+    }
+    if (end - start > self->max_line) { /* a long line: its next piece */
+        end = next = start + self->max_line;
+    }
+    PyObject *line = PyUnicode_Substring(self->text, start, end);
+    if (line != NULL) {
+        self->pos = next;
+    }
+    return line;
+}
+
+/* Hand *line* (a new reference) out as the value of an awaitable. */
+static PyObject *
+hand_out(LineIter *self, PyObject *line)
+{
+    self->budget--;
+    if (self->pending == NULL) {
+        self->pending = line;
+        Py_INCREF(self);
+        return (PyObject *)self;
+    }
+    Ready *ready = PyObject_New(Ready, &ReadyType);
+    if (ready == NULL) {
+        Py_DECREF(line);
+        return NULL;
+    }
+    ready->value = line;
+    return (PyObject *)ready;
+}
+
 static PyObject *
 lineiter_anext(LineIter *self)
 {
-    PyObject *lines = self->lines;
-    if (lines != NULL && self->pos < self->stop && self->pos < PyList_GET_SIZE(lines)) {
-        PyObject *line = PyList_GET_ITEM(lines, self->pos);
-        Py_INCREF(line);
-        self->pos++;
-        if (self->pending == NULL) {
-            self->pending = line;
-            Py_INCREF(self);
-            return (PyObject *)self;
+    if (self->budget > 0 && self->pos < self->stop) {
+        PyObject *line;
+        if (self->text != NULL) {
+            line = next_text_line(self);
+            if (line == NULL) {
+                return NULL;
+            }
         }
-        Ready *ready = PyObject_New(Ready, &ReadyType);
-        if (ready == NULL) {
-            Py_DECREF(line);
-            return NULL;
+        else if (self->lines != NULL && self->pos < PyList_GET_SIZE(self->lines)) {
+            line = PyList_GET_ITEM(self->lines, self->pos);
+            Py_INCREF(line);
+            self->pos++;
         }
-        ready->value = line;
-        return (PyObject *)ready;
+        else {
+            goto refill;
+        }
+        return hand_out(self, line);
     }
+refill:
     if (self->closed || self->refill == NULL) {
         PyErr_SetNone(PyExc_StopAsyncIteration);
         return NULL;
@@ -277,11 +331,71 @@ lineiter_load(LineIter *self, PyObject *args)
     }
     Py_INCREF(lines);
     Py_XSETREF(self->lines, lines);
+    Py_CLEAR(self->text);
     self->pos = start + 1;
     self->stop = stop;
+    self->budget--;
     PyObject *first = PyList_GET_ITEM(lines, start);
     Py_INCREF(first);
     return first;
+}
+
+/* load_text(text, start, stop, keepends, max_line) -> the first line: hold the
+ * rest of the lines of text[start:stop], cut at each "\n" (kept with
+ * keepends) and into pieces of at most max_line characters, one per step.
+ * text[stop - 1] must be "\n". */
+static PyObject *
+lineiter_load_text(LineIter *self, PyObject *args)
+{
+    PyObject *text;
+    Py_ssize_t start, stop, max_line;
+    int keepends;
+    if (!PyArg_ParseTuple(
+            args, "Unnpn:load_text", &text, &start, &stop, &keepends, &max_line)) {
+        return NULL;
+    }
+    if (start < 0 || stop > PyUnicode_GET_LENGTH(text) || start >= stop || max_line < 1
+        || PyUnicode_READ_CHAR(text, stop - 1) != '\n') {
+        PyErr_SetString(PyExc_ValueError,
+                        "load_text() needs 0 <= start < stop <= len(text), "
+                        "text[stop - 1] == '\\n' and max_line >= 1");
+        return NULL;
+    }
+    Py_INCREF(text);
+    Py_XSETREF(self->text, text);
+    Py_CLEAR(self->lines);
+    self->pos = start;
+    self->stop = stop;
+    self->keepends = keepends;
+    self->max_line = max_line;
+    self->budget--;
+    return next_text_line(self);
+}
+
+/* position(): where the iterator is in what was loaded (index or offset). */
+static PyObject *
+lineiter_position(LineIter *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(self->pos);
+}
+
+/* budget(): lines it may still hand out before refill is asked again. */
+static PyObject *
+lineiter_budget(LineIter *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(self->budget);
+}
+
+/* set_budget(n) */
+static PyObject *
+lineiter_set_budget(LineIter *self, PyObject *arg)
+{
+    Py_ssize_t budget = PyLong_AsSsize_t(arg);
+    if (budget == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    self->budget = budget;
+    Py_RETURN_NONE;
 }
 
 /* aclose(): an awaitable of None; the iteration ends (lines held are dropped). */
@@ -291,6 +405,7 @@ lineiter_aclose(LineIter *self, PyObject *Py_UNUSED(ignored))
     self->closed = 1;
     Py_CLEAR(self->lines);
     Py_CLEAR(self->refill);
+    Py_CLEAR(self->text);
     self->pos = self->stop = 0;
     Ready *ready = PyObject_New(Ready, &ReadyType);
     if (ready == NULL) {
@@ -303,6 +418,10 @@ lineiter_aclose(LineIter *self, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef lineiter_methods[] = {
     {"load", (PyCFunction)lineiter_load, METH_VARARGS, NULL},
+    {"load_text", (PyCFunction)lineiter_load_text, METH_VARARGS, NULL},
+    {"position", (PyCFunction)lineiter_position, METH_NOARGS, NULL},
+    {"budget", (PyCFunction)lineiter_budget, METH_NOARGS, NULL},
+    {"set_budget", (PyCFunction)lineiter_set_budget, METH_O, NULL},
     {"aclose", (PyCFunction)lineiter_aclose, METH_NOARGS, NULL},
     {"send", (PyCFunction)lineiter_send, METH_O, NULL},
     {"throw", (PyCFunction)lineiter_throw, METH_VARARGS, NULL},

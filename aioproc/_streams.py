@@ -242,25 +242,43 @@ class LineSplitter:
         self._carry = ""  # text after the last newline
         self._pending = b""  # an incomplete UTF-8 sequence at the end of a chunk
 
-    def feed(self, data: bytes) -> list[str]:
+    def _text(self, data: bytes) -> str:
+        """The text carried over plus *data* decoded (``\r\n`` made ``\n``
+        unless keepends); an incomplete UTF-8 sequence at its end waits."""
         if self._pending:
             data = self._pending + data
         text, used = codecs.utf_8_decode(data, "replace", False)
         self._pending = data[used:]
         if self._carry:
             text = self._carry + text
+        if not self._keepends and "\r" in text:
+            text = text.replace("\r\n", "\n")
+        return text
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines *data* completes."""
+        return self._split(self._text(data))
+
+    def feed_region(self, data: bytes) -> tuple[str, int] | list[str]:
+        """What :meth:`feed` gives, for the C line iterator: ``(text, end)``,
+        where ``text[:end]`` is the completed lines, each ending in ``\n``,
+        for the iterator to cut (``end`` is 0 when none is complete); or, in
+        the rare case of an unfinished line already past :data:`MAX_LINE`,
+        the list :meth:`feed` gives."""
+        text = self._text(data)
+        end = text.rfind("\n") + 1
+        if len(text) - end > MAX_LINE:
+            return self._split(text)
+        self._carry = text[end:]
+        return text, end
+
+    def _split(self, text: str) -> list[str]:
         if "\n" not in text:
             self._carry = text
             return self._cut_long([]) if len(text) > MAX_LINE else []
-        if self._keepends:
-            parts = text.split("\n")
-            self._carry = parts.pop()
-            lines = [part + "\n" for part in parts]
-        else:
-            if "\r" in text:
-                text = text.replace("\r\n", "\n")
-            lines = text.split("\n")
-            self._carry = lines.pop()
+        parts = text.split("\n")
+        self._carry = parts.pop()
+        lines = [part + "\n" for part in parts] if self._keepends else parts
         if len(text) > MAX_LINE and max(map(len, lines), default=0) > MAX_LINE:
             lines = [piece for line in lines for piece in _pieces(line)]
         if len(self._carry) > MAX_LINE:

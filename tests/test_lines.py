@@ -165,3 +165,47 @@ async def test_a_cancelled_wait_for_data_loses_no_line(c_lines: None) -> None:
         await proc.stdin.send(b"after\nthe cancel\n")
         await proc.stdin.aclose()
         assert [line async for line in lines] == ["after", "the cancel"]
+
+
+M = _streams.MAX_LINE
+# Inputs where cutting lines is easy to get wrong, each written in the parts given
+# (the parts arrive as chunks of their own): long lines around MAX_LINE with and
+# without a newline, CRLF and lone CR, a CRLF and a UTF-8 character split
+# between chunks, empty lines.
+TRICKY_INPUTS = [
+    [b"a\r\nb\rc\n\n\nd"],
+    [b"x" * (M - 1) + b"\n" + b"y" * M + b"\n" + b"z" * (M + 1) + b"\nend\n"],
+    [b"x" * (2 * M) + b"\n", b"w" * (2 * M + 1)],
+    [b"x" * (M - 1) + b"\r", b"\n" + b"y" * (M - 1) + b"\r\n"],
+    [b"caf\xc3", b"\xa9\r", b"\nnext\n", b"\xff\xfe end\n"],
+]
+
+
+async def _lines_in_parts(parts: list[bytes], keepends: bool) -> list[str]:
+    async with aioproc.spawn(["cat"]) as proc, anyio.create_task_group() as tg:
+        stdin, stdout = proc.stdin, proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+
+        async def write() -> None:
+            for part in parts:
+                await stdin.send(part)
+                await anyio.sleep(0.02)  # let each part arrive as its own chunk
+            await stdin.aclose()
+
+        tg.start_soon(write)  # read meanwhile: cat blocks once its stdout pipe is full
+        return [line async for line in stdout.lines(keepends=keepends)]
+
+
+@pytest.mark.parametrize("keepends", [False, True])
+@pytest.mark.parametrize("parts", TRICKY_INPUTS, ids=range(len(TRICKY_INPUTS)))
+async def test_the_c_iterator_cuts_lines_as_the_generator_does(
+    c_lines: None, monkeypatch: pytest.MonkeyPatch, parts: list[bytes], keepends: bool
+) -> None:
+    by_c = await _lines_in_parts(parts, keepends)
+    monkeypatch.setattr(_streams, "USE_C_LINES", False)
+    by_generator = await _lines_in_parts(parts, keepends)
+    assert by_c == by_generator
+    assert all(len(line) <= M for line in by_c)
+    if keepends:  # then nothing is dropped: the lines are the text, in order
+        assert "".join(by_c) == b"".join(parts).decode("utf-8", "replace")
