@@ -18,8 +18,9 @@ in the same run (see benchmarks/README.md for the goals):
 3. ``seq 2000000`` (200000 with --quick) through ``lines()``. Floor: a blocking
    read, decode and split loop that visits every line in plain Python. Peers:
    asyncio ``readline()``, anyio ``BufferedByteReceiveStream.receive_until``.
-   Reference: the ceiling of one ``str`` per ``async for`` step in CPython, an
-   async generator over lines already in memory (no pipe, no decoding).
+   Reference: the pure-Python ceiling of one ``str`` per ``async for`` step, an
+   async generator over lines already in memory (no pipe, no decoding), which
+   aioproc's C line iterator passes.
 
 The two throughputs alternate floor and subject runs, three pairs per subject:
 a subject's row shows its best run and, as its ratio, the median of its ratios
@@ -335,7 +336,7 @@ async def measure_backend(
     line_subjects: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
         ("aioproc lines()", aioproc_lines),
         ("anyio receive_until", anyio_lines),
-        ("ceiling: async for over pre-split lines", async_for_ceiling),
+        ("pure-Python ceiling: async generator over pre-split lines", async_for_ceiling),
     ]
     if on_asyncio:
         line_subjects.append(("asyncio readline", asyncio_lines))
