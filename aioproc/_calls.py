@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from ._errors import TaskCancelledError
+from ._workerstate import trio_running
 from .protocol import Kind, encode_body
 
 if TYPE_CHECKING:
@@ -72,15 +73,7 @@ def waiter_factory(loop: Any) -> Callable[[], Any]:
     loop, or ``None`` on another backend)."""
     if loop is not None:
         return loop.create_future  # type: ignore[no-any-return]
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return TrioWaiter
-    return EventWaiter
+    return TrioWaiter if trio_running() else EventWaiter
 
 
 #: Calls answered at once (see :class:`AnsweredCheckpoint`) per schedule point.

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import sys
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
 from ._errors import TaskCancelledError
+from ._workerstate import trio_running
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -275,12 +275,6 @@ def current_parker() -> Parker:
         pass
     else:
         return park_asyncio
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return _park_trio
+    if trio_running():
+        return _park_trio
     return _park_anyio  # pragma: no cover

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +115,15 @@ def asyncio_loop() -> Any:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def trio_running() -> bool:
+    """Whether the caller runs in a trio task (trio is only looked at if imported)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
