@@ -3,18 +3,19 @@
 Importing this module fails with :class:`ImportError` when the C module was not
 built (no C compiler when aioproc was installed); ``lines()`` then uses the
 async generator in :mod:`aioproc._streams`, with the same behaviour. Here the C
-type hands out the lines it holds, one per ``async for`` step with no Python
-code run; :meth:`_Feeder.refill` runs once per batch::
+type cuts and hands out the lines, one per ``async for`` step with no Python
+code run; :meth:`_Feeder.refill` runs once per chunk (or per budget)::
 
-    _read(127 KiB) ──> LineSplitter.feed ──> lines ──load(≤4096)──> C: line, line, ...
-         ▲                                                              │ used up
-         └──────────── refill(): checkpoint between batches ◄───────────┘
+    _read(127 KiB) ──> LineSplitter.feed_region ──> (text, end) ──load_text──┐
+         ▲                  (a list in rare cases ──load──)                   ▼
+         │                                       C: find "\n", substring, pieces
+         └──── refill(): budget used up -> checkpoint; chunk used up -> read ◄┘
 
-Batches are at most :data:`~aioproc._streams.LINES_PER_CHECKPOINT` lines and a
-checkpoint separates two batches of one chunk, so a fast child cannot starve the
-loop, as with the generator. Unlike a generator, the iterator survives a
-cancellation while it waits for data: nothing read is lost, and iterating again
-goes on where it stopped.
+A checkpoint comes every :data:`~aioproc._streams.LINES_PER_CHECKPOINT` lines
+(the iterator counts them), so a fast child cannot starve the loop, as with the
+generator. Unlike a generator, the iterator survives a cancellation while it
+waits for data: nothing read is lost, and iterating again goes on where it
+stopped.
 """
 
 from __future__ import annotations
