@@ -257,8 +257,9 @@ def _fast_path_ok(
     if not _HAVE_POSIX_SPAWN or cwd is not None:
         return False
     # dup2 onto 0..2 from 0..2 needs Popen's careful ordering.
-    if any(src is not None and src <= 2 for src in sources):
-        return False
+    for src in sources:
+        if src is not None and src <= 2:
+            return False
     if "/" in program:
         return True
     # posix_spawnp searches *our* PATH; Popen searches the child's env's PATH.
