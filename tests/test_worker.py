@@ -100,16 +100,21 @@ async def test_keyboard_interrupt_comes_back_as_task_error_and_worker_lives() ->
         assert await worker.call(wf.add, 1, 1) == 2
 
 
+async def _assert_ended_with(worker: Worker, exitcode: int) -> None:
+    """The worker exits with *exitcode*; a later call gets WorkerCrashedError."""
+    with anyio.fail_after(5):
+        while not worker.state.terminal:
+            await anyio.sleep(0.01)
+    with pytest.raises(WorkerCrashedError) as info:
+        await worker.call(wf.noop)
+    assert info.value.exitcode == exitcode
+
+
 async def test_system_exit_is_task_error_and_ends_the_worker() -> None:
     async with Worker() as worker:
         with pytest.raises(TaskError, match="SystemExit"):
             await worker.call(wf.fail_system_exit, 4)
-        with anyio.fail_after(5):
-            while not worker.state.terminal:
-                await anyio.sleep(0.01)
-        with pytest.raises(WorkerCrashedError) as info:
-            await worker.call(wf.noop)
-        assert info.value.exitcode == 4
+        await _assert_ended_with(worker, 4)
 
 
 # The worker serves a function it has met before on a shorter path (see
@@ -138,12 +143,7 @@ async def test_system_exit_of_a_function_called_before_ends_the_worker() -> None
         assert await worker.call(wf.exit_when, None) is None
         with pytest.raises(TaskError, match="SystemExit"):
             await worker.call(wf.exit_when, 5)
-        with anyio.fail_after(5):
-            while not worker.state.terminal:
-                await anyio.sleep(0.01)
-        with pytest.raises(WorkerCrashedError) as info:
-            await worker.call(wf.noop)
-        assert info.value.exitcode == 5
+        await _assert_ended_with(worker, 5)
 
 
 async def test_an_awaitable_returned_by_a_sync_function_is_awaited() -> None:
