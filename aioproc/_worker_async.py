@@ -183,11 +183,8 @@ class _AsyncServer:
             gen = fn(*args, **kwargs)
             is_async = hasattr(gen, "__anext__")
             iterator = gen if is_async else iter(gen)
-        except SystemExit as exc:
-            server.system_exit(call_id, exc)
-            return
         except BaseException as exc:
-            server.send_error(call_id, exc)
+            server.report_failure(call_id, exc)
             return
         finished = False
         server.current_id = call_id
@@ -209,12 +206,8 @@ class _AsyncServer:
                         break
                     except anyio.get_cancelled_exc_class():
                         raise
-                    except SystemExit as exc:
-                        server.system_exit(call_id, exc)
-                        finished = True
-                        break
                     except BaseException as exc:
-                        server.send_error(call_id, exc)
+                        server.report_failure(call_id, exc)
                         finished = True
                         break
                     if not server.send_value(Kind.ITEM, call_id, item, "item"):

@@ -206,6 +206,14 @@ class Server:
         # MESSAGE without main, unknown kinds: ignored (forward compatible).
         return None
 
+    def report_failure(self, call_id: int, exc: BaseException) -> None:
+        """Answer call *call_id* with what its function raised (and, for a
+        ``SystemExit``, end the worker with its code)."""
+        if isinstance(exc, SystemExit):
+            self.system_exit(call_id, exc)
+        else:
+            self.send_error(call_id, exc)
+
     def system_exit(self, call_id: int, exc: SystemExit) -> None:
         self.send_error(call_id, exc)
         code = exc.code
@@ -350,11 +358,8 @@ class Server:
                 self.conn.send([Kind.STARTED, call_id, False])
         try:
             result = fn(*args, **kwargs)
-        except SystemExit as exc:
-            self.system_exit(call_id, exc)
-            return
         except BaseException as exc:
-            self.send_error(call_id, exc)
+            self.report_failure(call_id, exc)
             return
         if hasattr(result, "__await__"):
             raise _SwitchToAsync(message, fn, result)
@@ -368,11 +373,8 @@ class Server:
             conn.send([Kind.STARTED, call_id, False])
         try:
             iterator = iter(fn(*args, **kwargs))
-        except SystemExit as exc:
-            self.system_exit(call_id, exc)
-            return
         except BaseException as exc:
-            self.send_error(call_id, exc)
+            self.report_failure(call_id, exc)
             return
         credits = self.credits
         self.current_id = call_id
@@ -398,11 +400,8 @@ class Server:
                 except StopIteration:
                     conn.send([Kind.END, call_id])
                     return
-                except SystemExit as exc:
-                    self.system_exit(call_id, exc)
-                    return
                 except BaseException as exc:
-                    self.send_error(call_id, exc)
+                    self.report_failure(call_id, exc)
                     return
                 if not self.send_value(Kind.ITEM, call_id, item, "item"):
                     return
