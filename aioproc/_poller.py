@@ -12,8 +12,20 @@ so one wait works on asyncio, uvloop and trio alike)::
     pidfd  ─┤
     stdin  ─┘  (writable)
 
-On asyncio and uvloop the wait is a loop future behind ``add_reader``; on trio
-it is ``anyio.wait_readable``.
+On trio the wait is ``anyio.wait_readable``. On asyncio and uvloop the poller's
+epoll fd goes one level further down, into the loop's *hub*: one more epoll
+instance per loop, which the loop watches for good (one ``add_reader`` for the
+life of the loop). A wait arms the poller's fd in the hub (``EPOLLONESHOT``) and
+parks on a plain loop future; the hub's reader callback wakes the futures whose
+fds fired. That spares ``add_reader`` and ``remove_reader`` on every wait, the
+largest single cost of a short ``run()`` on asyncio::
+
+    poller epoll fd ─┐ (armed once per wait)
+    poller epoll fd ─┼─> hub epoll fd ──add_reader (once)──> wakes each future
+    poller epoll fd ─┘
+
+The hub closes when the loop shuts down its async generators (``asyncio.run``,
+``asyncio.Runner`` and anyio do): it parks one of its own there.
 
 Elsewhere :class:`Poller` falls back to ``select`` with a short back-off sleep.
 """
@@ -21,7 +33,10 @@ Elsewhere :class:`Poller` falls back to ``select`` with a short back-off sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
+import weakref
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -38,10 +53,93 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    # Level-triggered: the loop may call this again before the waiter runs.
-    if not future.done():
-        future.set_result(None)
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT if _HAVE_EPOLL else 0
+#: Events taken from the hub per poll (it loops while the batch comes back full).
+_HUB_BATCH = 64
+
+
+class _LoopHub:
+    """The one epoll fd an asyncio loop watches for all pollers (see the module
+    docstring). Only touched from its loop's thread."""
+
+    __slots__ = ("_guard", "_loop", "epoll", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.epoll = select.epoll()
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self._loop = weakref.ref(loop)
+        loop.add_reader(self.epoll.fileno(), self._dispatch)
+        # Park a generator of our own in the loop's async generators: the loop's
+        # shutdown_asyncgens() closes it, and the hub with it.
+        self._guard = _close_at_shutdown(self)
+        with contextlib.suppress(StopIteration):
+            self._guard.asend(None).send(None)
+
+    def owned_by(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self._loop() is loop and not self.epoll.closed
+
+    def _dispatch(self) -> None:
+        while True:
+            events = self.epoll.poll(0, _HUB_BATCH)
+            for fd, _ in events:
+                future = self.waiters.pop(fd, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            if len(events) < _HUB_BATCH:
+                return
+
+    def arm(self, fd: int, future: asyncio.Future[None], *, known: bool) -> None:
+        """Wake *future* once *fd* is readable; *known*: *fd* was armed here before
+        (and not closed since)."""
+        try:
+            if known:
+                self.epoll.modify(fd, _ARMED)
+            else:
+                self.epoll.register(fd, _ARMED)
+        except FileExistsError:  # a copy of the file outlived its fd (fork)
+            self.epoll.modify(fd, _ARMED)
+        except FileNotFoundError:
+            self.epoll.register(fd, _ARMED)
+        self.waiters[fd] = future
+
+    def disarm(self, fd: int, future: asyncio.Future[None]) -> None:
+        if self.waiters.get(fd) is future:
+            del self.waiters[fd]
+
+    def close(self) -> None:
+        if self.epoll.closed:
+            return
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+        for future in self.waiters.values():
+            if not future.done():
+                future.set_exception(anyio.ClosedResourceError())
+        self.waiters.clear()
+
+
+async def _close_at_shutdown(hub: _LoopHub) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        hub.close()
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopHub] = weakref.WeakKeyDictionary()
+_last_hub: _LoopHub | None = None
+
+
+def _hub_for(loop: asyncio.AbstractEventLoop) -> _LoopHub:
+    global _last_hub
+    hub = _last_hub
+    if hub is not None and hub.owned_by(loop):
+        return hub
+    hub = _hubs.get(loop)
+    if hub is None or not hub.owned_by(loop):
+        hub = _hubs[loop] = _LoopHub(loop)
+    _last_hub = hub
+    return hub
 
 
 class Poller:
@@ -52,7 +150,7 @@ class Poller:
     until that list is not empty. One task at a time may wait.
     """
 
-    __slots__ = ("_delay", "_epoll", "_future", "_readers", "_waiting", "_writers")
+    __slots__ = ("_delay", "_epoll", "_future", "_hub", "_readers", "_waiting", "_writers")
 
     def __init__(self, *, use_epoll: bool = _HAVE_EPOLL) -> None:
         self._epoll = select.epoll() if use_epoll else None
@@ -61,6 +159,7 @@ class Poller:
         self._delay = 0.0
         self._waiting = False
         self._future: asyncio.Future[None] | None = None  # see _wait_on_loop
+        self._hub: _LoopHub | None = None  # the hub our epoll fd is in, if any
 
     def register(self, fd: int, *, write: bool = False) -> None:
         """Watch *fd* for readability (or writability with *write*)."""
@@ -83,7 +182,8 @@ class Poller:
     def ready(self) -> list[int]:
         """The watched fds that are ready now, without waiting."""
         if self._epoll is not None:
-            return [fd for fd, _ in self._epoll.poll(0)]
+            count = len(self._readers) + len(self._writers)
+            return [fd for fd, _ in self._epoll.poll(0, count or 1)]
         readable, writable, _ = select.select(self._readers, self._writers, (), 0)
         return readable + writable
 
@@ -112,19 +212,17 @@ class Poller:
 
     async def _wait_on_loop(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         """``anyio.wait_readable(fd)`` for asyncio and uvloop, without anyio's
-        bookkeeping: a plain loop future (a ``run()`` waits once per child, and
-        this path costs about 9 µs less CPU per wait there)."""
+        bookkeeping and without ``add_reader``: a plain loop future, woken by the
+        loop's hub (a ``run()`` waits once per child)."""
+        hub = _hub_for(loop)
         future = self._future = loop.create_future()
-        loop.add_reader(fd, _wake, future)
+        hub.arm(fd, future, known=self._hub is hub)
+        self._hub = hub
         try:
             await future
         finally:
             self._future = None
-            if not self._epoll_closed():
-                loop.remove_reader(fd)
-
-    def _epoll_closed(self) -> bool:
-        return self._epoll is None or self._epoll.closed
+            hub.disarm(fd, future)
 
     def close(self) -> None:
         """Release the epoll fd (the watched fds are not touched); a task waiting
@@ -132,7 +230,8 @@ class Poller:
         if self._epoll is not None and not self._epoll.closed:
             future = self._future
             if future is not None:  # a task waits on its loop's future
-                future.get_loop().remove_reader(self._epoll.fileno())
+                if self._hub is not None:
+                    self._hub.disarm(self._epoll.fileno(), future)
                 if not future.done():
                     future.set_exception(anyio.ClosedResourceError())
             elif self._waiting:  # only a waiting task needs waking (and unregistering)

@@ -94,3 +94,81 @@ async def test_a_writable_fd_is_reported(pipe: tuple[int, int], poller: Poller) 
 async def _write_later(fd: int) -> None:
     await anyio.sleep(0.01)
     os.write(fd, b"x")
+
+
+async def test_many_pollers_wait_at_once_and_each_wakes_for_its_own_fd() -> None:
+    pipes = [os.pipe() for _ in range(8)]
+    pollers = [Poller() for _ in pipes]
+    woken: list[int] = []
+
+    async def waiter(index: int) -> None:
+        pollers[index].register(pipes[index][0])
+        assert await pollers[index].wait() == [pipes[index][0]]
+        woken.append(index)
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for index in range(len(pipes)):
+                    tg.start_soon(waiter, index)
+                await anyio.wait_all_tasks_blocked()
+                for count, index in enumerate((5, 2, 7, 0, 1, 3, 6, 4), 1):
+                    os.write(pipes[index][1], b"x")
+                    while len(woken) < count:
+                        await anyio.sleep(0.001)
+                    await anyio.sleep(0.01)
+                    assert len(woken) == count and woken[-1] == index  # only that one
+    finally:
+        for poller in pollers:
+            poller.close()
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+    assert sorted(woken) == list(range(8))
+
+
+async def test_a_cancelled_wait_whose_fd_fires_later_wakes_nobody_by_mistake(
+    pipe: tuple[int, int],
+) -> None:
+    poller = Poller()
+    other = Poller()
+    other_read, other_write = os.pipe()
+    try:
+        poller.register(pipe[0])
+        with anyio.move_on_after(0.02):
+            await poller.wait()
+        os.write(pipe[1], b"x")  # fires the stale arming: must not disturb the next wait
+        other.register(other_read)
+        with anyio.move_on_after(0.05) as scope:
+            await other.wait()
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            assert await poller.wait() == [pipe[0]]
+    finally:
+        poller.close()
+        other.close()
+        os.close(other_read)
+        os.close(other_write)
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_each_loop_gets_its_own_hub_which_closes_with_the_loop(use_uvloop: bool) -> None:
+    """On asyncio the pollers' fds sit in one epoll fd per loop (the hub): a new
+    loop in the same thread gets a new one, and shutting a loop down closes its."""
+
+    async def one_wait() -> None:
+        read_end, write_end = os.pipe()
+        poller = Poller()
+        try:
+            poller.register(read_end)
+            os.write(write_end, b"x")
+            assert await poller.wait(check_first=False) == [read_end]
+        finally:
+            poller.close()
+            os.close(read_end)
+            os.close(write_end)
+
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        anyio.run(one_wait, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+        assert set(os.listdir("/proc/self/fd")) == before
