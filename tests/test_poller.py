@@ -117,7 +117,8 @@ async def test_many_pollers_wait_at_once_and_each_wakes_for_its_own_fd() -> None
                     while len(woken) < count:
                         await anyio.sleep(0.001)
                     await anyio.sleep(0.01)
-                    assert len(woken) == count and woken[-1] == index  # only that one
+                    assert len(woken) == count  # only that one woke
+                    assert woken[-1] == index
     finally:
         for poller in pollers:
             poller.close()
