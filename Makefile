@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean bytecode
 
-$(STAMP): pyproject.toml hatch_build.py aioproc/_lineiter.c
+$(STAMP): pyproject.toml hatch_build.py aioproc/_lineiter.c aioproc/_runcore.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,cli,plot,uvloop,trio,bench]'

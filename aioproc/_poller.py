@@ -35,22 +35,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import sys
 import weakref
 from collections.abc import AsyncGenerator
 
 import anyio
 
-__all__ = ["Poller"]
+__all__ = ["FdWait", "Poller"]
 
 _HAVE_EPOLL = hasattr(select, "epoll")
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio (or uvloop) loop; None on another backend (trio)."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    """The running asyncio (or uvloop) loop; None on another backend (trio).
+    (No exception on trio, unlike ``get_running_loop``: this runs once per wait.)"""
+    return asyncio.events._get_running_loop()
 
 
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT if _HAVE_EPOLL else 0
@@ -142,6 +141,63 @@ def _hub_for(loop: asyncio.AbstractEventLoop) -> _LoopHub:
     return hub
 
 
+class FdWait:
+    """Waits, as often as asked, for one fd to become readable: through the
+    loop's hub on asyncio and uvloop, ``anyio.wait_readable`` on trio. One task
+    at a time may wait. Call :meth:`close` before closing the fd."""
+
+    __slots__ = ("_future", "_hub", "_waiting", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._future: asyncio.Future[None] | None = None  # the loop's, while waiting
+        self._hub: _LoopHub | None = None  # the hub *fd* is armed in, if any
+        self._waiting = False
+
+    async def wait(self) -> None:
+        """Return once the fd is readable (or at once if it is now).
+
+        :raises anyio.ClosedResourceError: when :meth:`close` is called meanwhile.
+        """
+        loop = _asyncio_loop()
+        if loop is None:
+            self._waiting = True
+            try:
+                if (trio := sys.modules.get("trio")) is not None:
+                    try:  # what anyio.wait_readable calls, one layer less
+                        await trio.lowlevel.wait_readable(self.fd)
+                    except trio.ClosedResourceError as exc:
+                        raise anyio.ClosedResourceError from exc
+                else:  # pragma: no cover - another anyio backend
+                    await anyio.wait_readable(self.fd)
+            finally:
+                self._waiting = False
+            return
+        # A plain loop future, without anyio's bookkeeping and without
+        # add_reader/remove_reader (a run() waits once per child).
+        hub = _hub_for(loop)
+        future = self._future = loop.create_future()
+        hub.arm(self.fd, future, known=self._hub is hub)
+        self._hub = hub
+        try:
+            await future
+        finally:
+            self._future = None
+            hub.disarm(self.fd, future)
+
+    def close(self) -> None:
+        """Wake a task waiting here with :class:`anyio.ClosedResourceError` (the
+        fd itself is not touched)."""
+        future = self._future
+        if future is not None:  # a task waits on its loop's future
+            if self._hub is not None:
+                self._hub.disarm(self.fd, future)
+            if not future.done():
+                future.set_exception(anyio.ClosedResourceError())
+        elif self._waiting:  # only a waiting task needs waking (and unregistering)
+            anyio.notify_closing(self.fd)
+
+
 class Poller:
     """A set of fds, each watched for reading or for writing.
 
@@ -150,16 +206,14 @@ class Poller:
     until that list is not empty. One task at a time may wait.
     """
 
-    __slots__ = ("_delay", "_epoll", "_future", "_hub", "_readers", "_waiting", "_writers")
+    __slots__ = ("_delay", "_epoll", "_readers", "_waiter", "_writers")
 
     def __init__(self, *, use_epoll: bool = _HAVE_EPOLL) -> None:
         self._epoll = select.epoll() if use_epoll else None
+        self._waiter = FdWait(self._epoll.fileno()) if self._epoll is not None else None
         self._readers: set[int] = set()
         self._writers: set[int] = set()
         self._delay = 0.0
-        self._waiting = False
-        self._future: asyncio.Future[None] | None = None  # see _wait_on_loop
-        self._hub: _LoopHub | None = None  # the hub our epoll fd is in, if any
 
     def register(self, fd: int, *, write: bool = False) -> None:
         """Watch *fd* for readability (or writability with *write*)."""
@@ -195,47 +249,21 @@ class Poller:
         """
         fds = self.ready() if check_first else []
         while not fds:
-            self._waiting = True
-            try:
-                if self._epoll is None:
-                    self._delay = min(self._delay * 2 or 0.0005, 0.02)
-                    await anyio.sleep(self._delay)
-                elif (loop := _asyncio_loop()) is not None:
-                    await self._wait_on_loop(loop, self._epoll.fileno())
-                else:
-                    await anyio.wait_readable(self._epoll.fileno())
-            finally:
-                self._waiting = False
+            if self._waiter is not None:
+                await self._waiter.wait()
+            else:
+                self._delay = min(self._delay * 2 or 0.0005, 0.02)
+                await anyio.sleep(self._delay)
             fds = self.ready()
         self._delay = 0.0
         return fds
-
-    async def _wait_on_loop(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        """``anyio.wait_readable(fd)`` for asyncio and uvloop, without anyio's
-        bookkeeping and without ``add_reader``: a plain loop future, woken by the
-        loop's hub (a ``run()`` waits once per child)."""
-        hub = _hub_for(loop)
-        future = self._future = loop.create_future()
-        hub.arm(fd, future, known=self._hub is hub)
-        self._hub = hub
-        try:
-            await future
-        finally:
-            self._future = None
-            hub.disarm(fd, future)
 
     def close(self) -> None:
         """Release the epoll fd (the watched fds are not touched); a task waiting
         in :meth:`wait` gets :class:`anyio.ClosedResourceError`."""
         if self._epoll is not None and not self._epoll.closed:
-            future = self._future
-            if future is not None:  # a task waits on its loop's future
-                if self._hub is not None:
-                    self._hub.disarm(self._epoll.fileno(), future)
-                if not future.done():
-                    future.set_exception(anyio.ClosedResourceError())
-            elif self._waiting:  # only a waiting task needs waking (and unregistering)
-                anyio.notify_closing(self._epoll.fileno())
+            assert self._waiter is not None
+            self._waiter.close()
             self._epoll.close()
         self._readers.clear()
         self._writers.clear()

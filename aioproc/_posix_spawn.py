@@ -27,7 +27,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["spawn"]
+__all__ = ["env_entries", "spawn"]
 
 # <spawn.h> flag values (glibc, every architecture).
 _SETPGROUP = 0x02
@@ -145,7 +145,7 @@ class _Glibc:
             if len(self._argvs) >= _CACHED_ARGVS:
                 self._argvs.clear()  # start over with the commands run from now on
             self._argvs[key] = argv
-        envp: Any = self._environ.value if env is None else _c_strings(ctypes, _env_entries(env))
+        envp: Any = self._environ.value if env is None else _c_strings(ctypes, env_entries(env))
         actions, temporary = self._actions_for(tuple(sources))
         pid = ctypes.c_int()
         function = self._libc.posix_spawn if "/" in args[0] else self._libc.posix_spawnp
@@ -173,7 +173,11 @@ def _encode(value: str) -> bytes:
     return data
 
 
-def _env_entries(env: Mapping[str, str]) -> list[bytes]:
+def env_entries(env: Mapping[str, str]) -> list[bytes]:
+    """``NAME=value`` entries of *env* for a C ``envp``.
+
+    :raises ValueError: on a NUL byte, or a name that is empty or holds ``=``.
+    """
     entries = []
     for key, value in env.items():
         name = _encode(key)

@@ -1,35 +1,45 @@
 """run() and run_shell(): start a program, feed it, collect its output, reap it.
 
-One task does all of it. The child's pipes and its pidfd sit in one
-:class:`~aioproc._poller.Poller`, and the parent holds its own copy of the
-child's write ends of the output pipes until the leader exits, so those pipes
-cannot hit EOF early. A short-lived program therefore costs one wake-up, at its
-exit, instead of one per closed pipe plus one for the exit -- and no task
-group::
+One task does all of it, through a *core*: the object that owns the child's
+pipes, its pidfd and one epoll set over them. The parent holds its own copy of
+the child's write ends of the output pipes until the leader exits, so those
+pipes cannot hit EOF early. A short-lived program therefore costs one wake-up,
+at its exit, instead of one per closed pipe plus one for the exit -- and no
+task group::
 
     input ──write──> stdin pipe ─┐
-    stdout pipe ──read──> sink ──┼── Poller ──> _Pump.until_exit()   (one task)
-    stderr pipe ──read──> sink ──┤
+    stdout pipe ──read──> chunks ┼── epoll set ──> core.serve()   (one task)
+    stderr pipe ──read──> chunks ┤
     pidfd (leader exited) ───────┘
                                      │ leader exited (a zombie: pgid pinned)
                                      ▼
-    _Pump.after_exit(): close our write ends; pipes at EOF? else SIGTERM the
-        group, drain to EOF within kill_grace, else SIGKILL; SIGKILL sweep of
-        members that hold no pipe; reap (wait4 -> returncode, rusage)
+    core.finish(): close our write ends; read what is left; at EOF SIGKILL
+        the group (members that hold no pipe) and reap (wait4 -> returncode,
+        rusage). Not at EOF (a member holds a pipe): SIGTERM the group, drain
+        within kill_grace, else SIGKILL; then reap.
 
-A timeout, ``max_output`` or cancellation goes through :meth:`_Pump.stop`
-instead (SIGTERM the group, keep draining for up to ``kill_grace``, SIGKILL,
-sweep, reap), shielded from cancellation; then the error (or the cancellation)
-is raised with the output collected so far.
+A timeout, ``max_output`` or cancellation goes through :func:`_stop` instead
+(SIGTERM the group, keep draining for up to ``kill_grace``, SIGKILL, reap),
+shielded from cancellation; then the error (or the cancellation) is raised with
+the output collected so far.
+
+There are two cores with the same methods. The C one (``_runcore.c``) serves
+the common case -- no ``cwd``, the stdio words ``"pipe"``, ``"devnull"``,
+``"inherit"`` (and ``"stdout"`` for stderr), our own ``PATH`` -- with its
+system calls made from C: a short run's cost to the parent is mostly Python
+calls, and each one adds to the latency, because the child runs on the CPU
+that started it. :class:`_PyCore` serves everything else (open files, fds,
+``cwd``, another ``PATH``, no C compiler at install) on :func:`launch`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, overload
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import anyio
 from anyio.lowlevel import checkpoint
@@ -37,17 +47,72 @@ from anyio.lowlevel import checkpoint
 from ._errors import CalledProcessError, OutputLimitExceeded, ProcessTimeoutError
 from ._fdio import grow_pipe_after
 from ._monitor import Rusage
-from ._poller import Poller
-from ._spawn import GroupWatch, Launched, StderrSpec, StdioSpec, launch
+from ._poller import FdWait, Poller
+from ._posix_spawn import env_entries
+from ._spawn import GroupWatch, Launched, StderrSpec, StdioSpec, command_not_found, launch
 from ._subprocess import AFTER_KILL_DRAIN, CompletedProcess
 
+if TYPE_CHECKING:
+    from ._runcore import Core as CCore
+
+
+def _load_c_core() -> type[CCore] | None:
+    try:
+        from ._runcore import Core
+    except ImportError:  # built without a C compiler (or not on Linux/glibc)
+        return None
+    return Core
+
+
 __all__ = ["run", "run_impl", "run_shell"]
+
+#: Use the C core where it applies (tests switch it off to run the Python one).
+USE_C_CORE = True
 
 _READ_SIZE = 1 << 20
 #: Reads from one pipe per wake-up before the others get a turn.
 _READS_PER_TURN = 16
 #: Wake-ups served without waiting before a forced checkpoint.
 _TURNS_PER_CHECKPOINT = 8
+
+# What serve() and finish() report (the same bits as _runcore's).
+EXITED = 1  # the leader has exited (it is not reaped)
+OUTPUTS_DONE = 2  # every output pipe is at EOF
+LIMIT = 4  # an output passed max_output (limit_hit says which)
+IDLE = 8  # nothing was ready
+
+_OUTPUT_NAMES = ("stdout", "stderr")
+# The stdio words the C core takes, and its codes for them.
+_C_MODES: dict[object, int] = {"inherit": 0, "devnull": 1, "pipe": 2}
+_C_STDERR_MODES: dict[object, int] = {**_C_MODES, "stdout": 3}
+
+
+class _Core(Protocol):
+    """What run() needs of a core (``_runcore.Core`` or :class:`_PyCore`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def rusage(self) -> tuple[float, float, int] | None: ...
+    @property
+    def limit_hit(self) -> int: ...
+
+    enforce_limit: bool
+
+    def serve(self) -> int: ...
+    def finish(self) -> int: ...
+    def release(self) -> None: ...
+    def close_stdin(self) -> None: ...
+    def signal(self, sig: int, /) -> bool: ...
+    def reap(self) -> bool: ...
+    def leader_exited(self) -> bool: ...
+    def output(self, index: int, /) -> bytes | None: ...
+    def close(self) -> None: ...
+
+
+_CCore = _load_c_core()
 
 
 class _LimitHit(Exception):
@@ -56,10 +121,9 @@ class _LimitHit(Exception):
 
 
 class _Sink:
-    __slots__ = ("chunks", "eof", "grown", "name", "size")
+    __slots__ = ("chunks", "eof", "grown", "size")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.eof = False
@@ -69,8 +133,9 @@ class _Sink:
         return b"".join(self.chunks)
 
 
-class _Pump:
-    """Moves bytes between ``run``'s child and memory, from one task."""
+class _PyCore:
+    """The core in Python, on :func:`launch`'s child: every stdio option, ``cwd``,
+    any environment; also where the C core was not built."""
 
     def __init__(
         self, launched: Launched, watch: GroupWatch, data: bytes | None, limit: int | None
@@ -79,14 +144,16 @@ class _Pump:
         self.watch = watch
         self.limit = limit
         self.enforce_limit = True
+        self.limit_hit = -1
         self.poller = Poller()
-        self.sinks: dict[int, _Sink] = {}
-        self.by_name: dict[str, _Sink] = {}
-        for fd, name in ((launched.stdout, "stdout"), (launched.stderr, "stderr")):
+        self.sinks: list[_Sink | None] = [None, None]
+        self._by_fd: dict[int, int] = {}
+        for index, fd in enumerate((launched.stdout, launched.stderr)):
             if fd >= 0:
                 os.set_blocking(fd, False)
                 self.poller.register(fd)
-                self.sinks[fd] = self.by_name[name] = _Sink(name)
+                self.sinks[index] = _Sink()
+                self._by_fd[fd] = index
         self.stdin = launched.stdin
         self.input = memoryview(data or b"")
         if self.stdin >= 0:
@@ -94,7 +161,7 @@ class _Pump:
                 os.set_blocking(self.stdin, False)
                 self.poller.register(self.stdin, write=True)
             else:
-                self._close_stdin()
+                self.close_stdin()
         self.pidfd = watch.pidfd
         if self.pidfd >= 0:
             self.poller.register(self.pidfd)
@@ -103,9 +170,41 @@ class _Pump:
         # the poller is next asked, which usually never happens -- run() is done.
         self._done_fds: list[int] = []
 
-    # -- moving data ------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.launched.pid
 
-    def _service(self, fds: list[int]) -> None:
+    @property
+    def returncode(self) -> int | None:
+        return self.watch.returncode
+
+    @property
+    def rusage(self) -> tuple[float, float, int] | None:
+        ru = self.watch.rusage
+        return None if ru is None else (ru.user_time, ru.system_time, ru.max_rss)
+
+    async def wait(self) -> None:
+        """Wait until serve() has something to do."""
+        if self.pidfd < 0 and not self.exited:  # pragma: no cover - no pidfd: poll the exit
+            with anyio.move_on_after(0.005):
+                await self.poller.wait(check_first=False)
+        elif self.poller:
+            await self.poller.wait(check_first=False)
+        else:  # pragma: no cover - nothing to watch but the missing pidfd
+            await anyio.sleep(0.005)
+
+    def _state(self) -> int:
+        done = all(sink is None or sink.eof for sink in self.sinks)
+        return (EXITED if self.exited else 0) | (OUTPUTS_DONE if done else 0)
+
+    def serve(self) -> int:
+        if self._done_fds:
+            for fd in self._done_fds:
+                self.poller.unregister(fd)
+            self._done_fds.clear()
+        if self.pidfd < 0 and not self.exited and self.watch.exited():
+            self.exited = True  # pragma: no cover - no pidfd (macOS): polled
+        fds = self.poller.ready()
         for fd in fds:
             if fd == self.pidfd:
                 self.exited = True
@@ -113,34 +212,40 @@ class _Pump:
                 self.pidfd = -1
             elif fd == self.stdin:
                 self._feed()
-            else:
-                sink = self.sinks.get(fd)
-                if sink is not None and not sink.eof:
-                    self._take(fd, sink)
+            elif (index := self._by_fd.get(fd)) is not None and self._take(index):
+                return LIMIT | self._state()
+        return (0 if fds else IDLE) | self._state()
 
-    def _take(self, fd: int, sink: _Sink) -> None:
+    def _take(self, index: int) -> bool:
+        """Read output *index* until empty; True when that passed the limit."""
+        sink = self.sinks[index]
+        fd = (self.launched.stdout, self.launched.stderr)[index]
+        if sink is None or sink.eof:
+            return False
         for _ in range(_READS_PER_TURN):
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
-                return
+                return False
             if not data:
                 sink.eof = True
                 self._done_fds.append(fd)
-                return
+                return False
             if not sink.grown:
                 sink.grown = grow_pipe_after(fd, len(data))
             limit = self.limit
             if limit is not None and sink.size + len(data) > limit:
-                keep = limit - sink.size
-                if keep > 0:
-                    sink.chunks.append(data[:keep])
+                room = limit - sink.size
+                if room > 0:
+                    sink.chunks.append(data[:room])
                     sink.size = limit
                 if self.enforce_limit:
-                    raise _LimitHit(sink.name)
+                    self.limit_hit = index
+                    return True
                 continue  # stopping anyway: discard the rest
             sink.chunks.append(data)
             sink.size += len(data)
+        return False
 
     def _feed(self) -> None:
         try:
@@ -151,110 +256,171 @@ class _Pump:
             written = len(self.input)  # the child stopped reading: fine, as in subprocess
         self.input = self.input[written:]
         if not self.input:
-            self._close_stdin()
+            self.close_stdin()
 
-    def _close_stdin(self) -> None:
+    def close_stdin(self) -> None:
         fd, self.stdin = self.stdin, -1
         if fd >= 0:
             self.poller.unregister(fd)
             os.close(fd)
 
-    def _outputs_done(self) -> bool:
-        return all(sink.eof for sink in self.sinks.values())
-
-    async def _turn(self, *, until_exit: bool, poll_first: bool = True) -> None:
-        """Serve fds until the leader exited (*until_exit*) or the outputs hit EOF.
-        Without *poll_first* the first step waits instead of polling (right after
-        the start nothing is ready yet, and a ready fd ends the wait at once)."""
-        turns = 0
-        poll = poll_first
-        while not (self.exited if until_exit else self._outputs_done()):
-            if until_exit and self.pidfd < 0 and self.watch.exited():
-                self.exited = True  # no pidfd (macOS): polled
-                break
-            if self._done_fds:
-                for fd in self._done_fds:
-                    self.poller.unregister(fd)
-                self._done_fds.clear()
-            fds = self.poller.ready() if poll else []
-            poll = True
-            if fds:
-                self._service(fds)
-                turns += 1
-                if turns >= _TURNS_PER_CHECKPOINT:
-                    turns = 0
-                    await checkpoint()
-                continue
-            turns = 0
-            if until_exit and self.pidfd < 0:  # pragma: no cover - no pidfd
-                with anyio.move_on_after(0.005):
-                    await self.poller.wait(check_first=False)
-            elif self.poller:
-                self._service(await self.poller.wait(check_first=False))
-            else:  # pragma: no cover - nothing to watch but the missing pidfd
-                await anyio.sleep(0.005)
-
-    async def until_exit(self) -> None:
-        """Feed stdin and collect output until the leader has exited (call once,
-        right after the start)."""
-        await self._turn(until_exit=True, poll_first=False)
-
-    def _release_write_ends(self) -> None:
+    def release(self) -> None:
         for fd in self.launched.held:
             os.close(fd)
         self.launched.held.clear()
 
-    async def after_exit(self, grace: float) -> None:
-        """The leader exited by itself: stop what is left of its group, read the
-        pipes to EOF, reap."""
-        self._release_write_ends()
-        for fd, sink in self.sinks.items():  # usually just EOF: no need to poll first
-            if not sink.eof:
-                self._take(fd, sink)
-        if not self._outputs_done():
-            # A member of the group still holds a pipe: SIGTERM, grace, SIGKILL.
-            self.watch.signal(signal.SIGTERM)
-            with anyio.move_on_after(grace) as scope:
-                await self._turn(until_exit=False)
-            if scope.cancelled_caught:
-                self.watch.signal(signal.SIGKILL)
-                with anyio.move_on_after(AFTER_KILL_DRAIN):
-                    await self._turn(until_exit=False)
-        self.watch.signal(signal.SIGKILL)  # members that hold no pipe; still pinned
-        self._reap()
+    def finish(self) -> int:
+        self.release()
+        for index in (0, 1):  # usually just EOF: no need to poll first
+            if self._take(index):
+                return LIMIT | self._state()
+        state = self._state()
+        if state & OUTPUTS_DONE:
+            self.watch.signal(signal.SIGKILL)  # members that hold no pipe; still pinned
+            self.reap()
+        return state
 
-    async def stop(self, grace: float) -> None:
-        """Stop the child and its group (SIGTERM, grace, SIGKILL), keep reading
-        meanwhile, then reap. Call shielded."""
-        self.enforce_limit = False
-        self._close_stdin()
-        if not self.exited and not self.watch.exited():
-            self.watch.signal(signal.SIGTERM)
-            with anyio.move_on_after(grace):
-                await self._turn(until_exit=True)
-            if not self.exited and not self.watch.exited():
-                self.watch.signal(signal.SIGKILL)
-                await self._turn(until_exit=True)
-        self._release_write_ends()
-        self.watch.signal(signal.SIGKILL)
-        with anyio.move_on_after(AFTER_KILL_DRAIN):
-            await self._turn(until_exit=False)
-        self._reap()
+    def signal(self, sig: int) -> bool:
+        return self.watch.signal(sig)
 
-    def _reap(self) -> None:
+    def reap(self) -> bool:
         code = self.watch.reap()
         if code is not None and self.launched.popen is not None:
             self.launched.popen.returncode = code
+        return code is not None
+
+    def leader_exited(self) -> bool:
+        return self.exited or self.watch.exited()
+
+    def output(self, index: int) -> bytes | None:
+        sink = self.sinks[index]
+        return None if sink is None else sink.data()
 
     def close(self) -> None:
-        """Close every fd this run still holds."""
-        self._close_stdin()
-        self._release_write_ends()
+        self.close_stdin()
+        self.release()
         self.poller.close()
-        for fd in self.sinks:
+        for fd in self._by_fd:
             os.close(fd)
-        self.sinks.clear()
+        self._by_fd.clear()
         self.watch.close()
+
+
+def _start(
+    argv: Sequence[str | os.PathLike[str]],
+    data: bytes | None,
+    *,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    stdout: StdioSpec,
+    stderr: StderrSpec,
+    limit: int | None,
+) -> tuple[_Core, Callable[[], Awaitable[None]]]:
+    """Start the child; its core and the function that waits for the core to
+    have something to serve."""
+    if (
+        _CCore is not None
+        and USE_C_CORE
+        and cwd is None
+        and isinstance(stdout, str)
+        and isinstance(stderr, str)
+        and stdout in _C_MODES
+        and stderr in _C_STDERR_MODES
+        # posix_spawnp searches *our* PATH; Popen searches the child's env's PATH.
+        and (env is None or env.get("PATH") == os.environ.get("PATH"))
+    ):
+        try:
+            c_core = _CCore(
+                argv,
+                None if env is None else env_entries(env),
+                True,
+                2 if data is not None else 1,
+                _C_MODES[stdout],
+                _C_STDERR_MODES[stderr],
+                data,
+                -1 if limit is None else limit,
+            )
+        except FileNotFoundError:
+            raise command_not_found(os.fspath(argv[0]) if argv else "") from None
+        except OSError as exc:
+            if exc.errno != errno.EBADF:  # EBADF: one of our fds 0..2 is closed
+                raise
+        else:
+            return c_core, FdWait(c_core.fileno()).wait
+    launched = launch(
+        argv,
+        stdin="pipe" if data is not None else "devnull",
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        hold_output=True,
+    )
+    py_core = _PyCore(launched, GroupWatch(launched.pid, own_group=launched.own_group), data, limit)
+    return py_core, py_core.wait
+
+
+async def _serve(core: _Core, wait: Callable[[], Awaitable[None]], goal: int) -> None:
+    """Serve the core until *goal* (EXITED or OUTPUTS_DONE) is reached.
+
+    :raises _LimitHit: when an output passed ``max_output``.
+    """
+    turns = 0
+    while True:
+        state = core.serve()
+        if state & LIMIT:
+            raise _LimitHit(_OUTPUT_NAMES[core.limit_hit])
+        if state & goal:
+            return
+        if state & IDLE:
+            turns = 0
+            await wait()
+        else:
+            turns += 1
+            if turns >= _TURNS_PER_CHECKPOINT:
+                turns = 0
+                await checkpoint()
+
+
+async def _to_the_end(core: _Core, wait: Callable[[], Awaitable[None]], grace: float) -> None:
+    """Feed stdin and collect output until the leader exits, then stop what is
+    left of its group, read the pipes to EOF and reap (call once, right after
+    the start)."""
+    await wait()  # right after the start nothing is ready yet: no poll first
+    await _serve(core, wait, EXITED)
+    state = core.finish()
+    if state & LIMIT:
+        raise _LimitHit(_OUTPUT_NAMES[core.limit_hit])
+    if not state & OUTPUTS_DONE:
+        # A member of the group still holds a pipe: SIGTERM, grace, SIGKILL.
+        core.signal(signal.SIGTERM)
+        with anyio.move_on_after(grace) as scope:
+            await _serve(core, wait, OUTPUTS_DONE)
+        if scope.cancelled_caught:
+            core.signal(signal.SIGKILL)
+            with anyio.move_on_after(AFTER_KILL_DRAIN):
+                await _serve(core, wait, OUTPUTS_DONE)
+        core.signal(signal.SIGKILL)  # members that hold no pipe; still pinned
+        core.reap()
+
+
+async def _stop(core: _Core, wait: Callable[[], Awaitable[None]], grace: float) -> None:
+    """Stop the child and its group (SIGTERM, grace, SIGKILL), keep reading
+    meanwhile, then reap. Call shielded."""
+    core.enforce_limit = False
+    core.close_stdin()
+    if not core.leader_exited():
+        core.signal(signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await _serve(core, wait, EXITED)
+        if not core.leader_exited():
+            core.signal(signal.SIGKILL)
+            await _serve(core, wait, EXITED)
+    core.release()
+    core.signal(signal.SIGKILL)
+    with anyio.move_on_after(AFTER_KILL_DRAIN):
+        await _serve(core, wait, OUTPUTS_DONE)
+    core.reap()
 
 
 def _decode(data: bytes | None, text: bool, encoding: str, errors: str) -> Any:
@@ -295,80 +461,65 @@ async def run_impl(
     signals the child's group; *on_exit* gets the return code, rusage and the raw
     output once the child is reaped (whether ``run`` then returns or raises)."""
     data = input.encode(encoding) if isinstance(input, str) else input
-    if data is not None and not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"input must be bytes or str, not {type(data).__name__}")
+    if data is not None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"input must be bytes or str, not {type(data).__name__}")
+        data = bytes(data)
     started = time.perf_counter()
-    launched = launch(
-        argv,
-        stdin="pipe" if data is not None else "devnull",
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        env=env,
-        hold_output=True,
+    core, wait = _start(
+        argv, data, cwd=cwd, env=env, stdout=stdout, stderr=stderr, limit=max_output
     )
-    watch = GroupWatch(launched.pid, own_group=launched.own_group)
-    pump = _Pump(launched, watch, bytes(data) if data is not None else None, max_output)
 
-    def partial(name: str) -> Any:
-        sink = pump.by_name.get(name)
-        return _decode_partial(sink.data() if sink else None, text, encoding, errors)
+    def partial(index: int) -> Any:
+        return _decode_partial(core.output(index), text, encoding, errors)
 
     try:
         if on_start is not None:
-            on_start(launched.pid, watch.signal)
+            on_start(core.pid, core.signal)
         try:
             if timeout is None:
-                await pump.until_exit()
-                await pump.after_exit(kill_grace)
+                await _to_the_end(core, wait, kill_grace)
                 timed_out = False
             else:
                 with anyio.move_on_after(timeout) as scope:
-                    await pump.until_exit()
-                    await pump.after_exit(kill_grace)
+                    await _to_the_end(core, wait, kill_grace)
                 timed_out = scope.cancelled_caught
         except _LimitHit as hit:
             with anyio.CancelScope(shield=True):
-                await pump.stop(kill_grace)
+                await _stop(core, wait, kill_grace)
             assert max_output is not None
             raise OutputLimitExceeded(
-                cmd, hit.name, max_output, stdout=partial("stdout"), stderr=partial("stderr")
+                cmd, hit.name, max_output, stdout=partial(0), stderr=partial(1)
             ) from None
-        if timed_out and watch.returncode is None:
+        if timed_out and core.returncode is None:
             with anyio.CancelScope(shield=True):
-                await pump.stop(kill_grace)
+                await _stop(core, wait, kill_grace)
             assert timeout is not None
-            raise ProcessTimeoutError(
-                cmd, timeout, stdout=partial("stdout"), stderr=partial("stderr")
-            )
+            raise ProcessTimeoutError(cmd, timeout, stdout=partial(0), stderr=partial(1))
     except BaseException:
-        if watch.returncode is None:
+        if core.returncode is None:
             with anyio.CancelScope(shield=True):
-                await pump.stop(kill_grace)
+                await _stop(core, wait, kill_grace)
         raise
     finally:
-        pump.close()
-        if on_exit is not None and watch.returncode is not None:
-            out, err = pump.by_name.get("stdout"), pump.by_name.get("stderr")
-            on_exit(
-                watch.returncode,
-                watch.rusage,
-                out.data() if out else None,
-                err.data() if err else None,
-            )
-    returncode = watch.returncode
+        core.close()
+        returncode = core.returncode
+        ru = core.rusage
+        rusage = None if ru is None else Rusage(*ru)
+        if on_exit is not None and returncode is not None:
+            on_exit(returncode, rusage, core.output(0), core.output(1))
     assert returncode is not None
-    out = pump.by_name.get("stdout")
-    err = pump.by_name.get("stderr")
+    out = core.output(0)
+    err = core.output(1)
     result: CompletedProcess[Any] = CompletedProcess(
         args=cmd,
-        pid=launched.pid,
+        pid=core.pid,
         returncode=returncode,
-        stdout=_decode(out.data() if out else None, text, encoding, errors),
-        stderr=_decode(err.data() if err else None, text, encoding, errors),
+        stdout=out if not text or out is None else out.decode(encoding, errors),
+        stderr=err if not text or err is None else err.decode(encoding, errors),
         duration=time.perf_counter() - started,
         signal=-returncode if returncode < 0 else None,
-        rusage=watch.rusage,
+        rusage=rusage,
     )
     if check and returncode != 0:
         raise CalledProcessError(returncode, cmd, result.stdout, result.stderr)

@@ -77,6 +77,7 @@ __all__ = [
     "Launched",
     "StderrSpec",
     "StdioSpec",
+    "command_not_found",
     "launch",
 ]
 
@@ -242,10 +243,15 @@ def _start(
     except FileNotFoundError as exc:
         if cwd is not None and exc.filename is not None and str(exc.filename) == os.fspath(cwd):
             raise  # a bad cwd stays a plain FileNotFoundError
-        raise CommandNotFoundError(
-            errno.ENOENT, f"command not found ({os.strerror(errno.ENOENT)})", program
-        ) from None
+        raise command_not_found(program) from None
     return popen.pid, popen
+
+
+def command_not_found(program: str | bytes) -> CommandNotFoundError:
+    """The error for a program that does not exist (``FileNotFoundError`` too)."""
+    return CommandNotFoundError(
+        errno.ENOENT, f"command not found ({os.strerror(errno.ENOENT)})", program
+    )
 
 
 def _fast_path_ok(

@@ -24,6 +24,25 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
     return request.param
 
 
+def c_run_core_built() -> bool:
+    from aioproc import _run
+
+    return _run._CCore is not None
+
+
+@pytest.fixture(params=["c-core", "python-core"])
+def run_core(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test of run() on each of its cores: the C one (_runcore.c) and the
+    Python one that serves the other cases and installs without a compiler."""
+    from aioproc import _run
+
+    core: str = request.param
+    if core == "c-core" and not c_run_core_built():
+        pytest.skip("the C run core is not built here (no C compiler at install)")
+    monkeypatch.setattr(_run, "USE_C_CORE", core == "c-core")
+    return core
+
+
 def _open_fds() -> dict[int, str]:
     fds: dict[int, str] = {}
     for name in os.listdir("/proc/self/fd"):

@@ -1,4 +1,5 @@
-"""aioproc.run / run_shell: buffered runs, errors, timeouts, limits, groups."""
+"""aioproc.run / run_shell: buffered runs, errors, timeouts, limits, groups;
+every test on both of run()'s cores (C and Python)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 import aioproc
 from tests.conftest import python
 from tests.subprocess_programs import ALLOCATE_100MB, BURN_CPU, wait_dead
+
+pytestmark = pytest.mark.usefixtures("run_core")
 
 
 async def _wait_for_file(path: Path) -> str:

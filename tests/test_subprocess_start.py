@@ -1,5 +1,6 @@
-"""How children are started: both start paths (posix_spawn and Popen) give the
-child the same fds, signals and program lookup."""
+"""How children are started: every start path (run()'s C core, glibc's
+posix_spawn, os.posix_spawn, Popen) gives the child the same fds, signals and
+program lookup."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import pytest
 
 import aioproc
 import aioproc._posix_spawn
-from tests.conftest import python
+from aioproc import _run
+from tests.conftest import c_run_core_built, python
 from tests.subprocess_programs import LIST_FDS
 
-# cwd forces the Popen path; without it, run() takes the posix_spawn fast path:
-# glibc's with a closefrom action, or (C libraries without one) os.posix_spawn
-# with a close action per inheritable fd found.
+# cwd forces the Popen path. Without it, run() starts the child from its C core
+# (_runcore.c) and spawn() -- or run() without the C core -- takes the
+# posix_spawn fast path: glibc's with a closefrom action, or (C libraries
+# without one) os.posix_spawn with a close action per inheritable fd found.
 START_PATHS = [
+    pytest.param("c-core", id="c-core"),
     pytest.param(None, id="posix_spawn-closefrom"),
     pytest.param("scan", id="posix_spawn-fd-scan"),
     pytest.param("/", id="popen"),
@@ -27,6 +31,11 @@ START_PATHS = [
 def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
     """The cwd that selects the start path under test (see START_PATHS)."""
     choice: str | None = request.param
+    if choice == "c-core":
+        if not c_run_core_built():
+            pytest.skip("the C run core is not built here (no C compiler at install)")
+        return None
+    monkeypatch.setattr(_run, "USE_C_CORE", False)
     if choice == "scan":
         monkeypatch.setattr(aioproc._posix_spawn, "_loaded", True)
         monkeypatch.setattr(aioproc._posix_spawn, "_glibc", None)
