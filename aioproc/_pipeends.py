@@ -141,7 +141,6 @@ class PipeEnds:
         fd = self._out_r
         buf = self._rbuf
         decoder = self._decoder
-        held = self._held_list  # reused: no list per read
         while True:
             big = decoder.read_buffer()  # the rest of a big frame: read it in place
             try:
@@ -154,20 +153,27 @@ class PipeEnds:
                 return True
             if n == 0:
                 return False
-            self._held = held
-            try:
-                messages = decoder.feed(self._rview[:n]) if big is None else decoder.filled(n)
-                for message in messages:
-                    self._handle(message)
-            finally:
-                self._held = None
-                if held:
-                    try:
-                        self._write_held(held)
-                    finally:
-                        held.clear()
+            self._handle_read(n, big is not None)
             if big is None and n < READ_CHUNK:
                 return True
+
+    def _handle_read(self, n: int, big: bool) -> None:
+        """Handle *n* bytes just read into the read buffer (or, with *big*, into
+        the decoder's :meth:`~aioproc.protocol.Decoder.read_buffer`)."""
+        held = self._held_list  # reused: no list per read
+        self._held = held
+        try:
+            decoder = self._decoder
+            messages = decoder.filled(n) if big else decoder.feed(self._rview[:n])
+            for message in messages:
+                self._handle(message)
+        finally:
+            self._held = None
+            if held:
+                try:
+                    self._write_held(held)
+                finally:
+                    held.clear()
 
     async def _read_with_waits(self) -> None:
         """The portable reader: wait_readable, then read what is there."""

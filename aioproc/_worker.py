@@ -330,6 +330,13 @@ class Worker:
             proc = self._serving()  # raises
         if type(fn) is FunctionType:  # the usual case, read as _is_async() would
             is_async: bool | None = bool(fn.__code__.co_flags & ASYNC_CODE_FLAGS)
+            if not is_async and timeout is None:
+                answered, value = proc.quick_call(fn, args)
+                if answered:  # still a cancellation point, as a wait would be
+                    await proc.after_answer()
+                    return value
+                if value is not None:
+                    return await _wait_sync_head(proc, value)
         else:
             is_async = _is_async(fn)
         # Calls run one at a time, in order: one sent while nothing is pending
@@ -425,6 +432,19 @@ class Worker:
             f"<Worker pid={pid} state={self.state.value} start_method={self.start_method} "
             f"calls_done={done}>"
         )
+
+
+async def _wait_sync_head(proc: WorkerProcess, call: Call) -> Any:
+    """``Worker.call``'s wait for a plain sync call sent alone (``quick_call``)
+    whose answer was not there at once."""
+    try:
+        while not call.done:
+            await call.waiter()
+        return call.result()
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await _give_up(proc, call, head=True, running_sync=True)
+        raise
 
 
 async def _give_up(proc: WorkerProcess, call: Call, *, head: bool, running_sync: bool) -> None:

@@ -8,12 +8,15 @@ import pathlib
 import select
 import signal
 import time
+from typing import Any
 
 import anyio
 import pytest
 
 import aioproc._worker
+import aioproc._workerproc
 from aioproc import Worker, WorkerCrashedError
+from aioproc.protocol import Kind, decode
 from tests import workerfns as wf
 
 
@@ -181,16 +184,19 @@ async def test_stop_sends_sigterm_to_a_main_that_never_reads_its_channel() -> No
 
 def _read_only_once_answered(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the read right after sending find the answer (as it usually does when
-    the worker shares our CPU) by blocking until the pipe is readable."""
+    the worker shares our CPU): each call written is followed by a wait until
+    the pipe is readable, both on the quick path (``quick_call``) and on the
+    general one (``submit`` + ``read_now``)."""
     proc = worker._proc
     assert proc is not None
-    read_now = proc.read_now
+    write = proc._write
 
-    def read_when_answered() -> None:
-        select.select([proc._out_r], [], [], 10)
-        read_now()
+    def write_then_wait(data: bytes) -> None:
+        write(data)
+        if decode(memoryview(data)[4:])[0] == Kind.CALL:
+            select.select([proc._out_r], [], [], 10)
 
-    monkeypatch.setattr(proc, "read_now", read_when_answered)
+    monkeypatch.setattr(proc, "_write", write_then_wait)
 
 
 async def test_a_call_answered_at_once_is_still_a_cancellation_point(
@@ -242,3 +248,51 @@ async def test_calls_answered_at_once_still_let_other_tasks_run(
     # A schedule point every 16 calls answered at once: 4 here (trio's random
     # batch order may let the other task miss one); none would mean starved.
     assert turns >= 64 // 16 - 1
+
+
+async def test_calls_answered_at_once_return_results_and_raise_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Worker() as worker:
+        await worker.call(wf.add, 0, 0)  # met before: the quick path from now on
+        _read_only_once_answered(worker, monkeypatch)
+        made: list[object] = []
+        real_call = aioproc._workerproc.Call
+
+        def counting_call(*args: Any) -> object:
+            made.append(real_call(*args))
+            return made[-1]
+
+        monkeypatch.setattr(aioproc._workerproc, "Call", counting_call)
+        for i in range(20):
+            assert await worker.call(wf.add, i, i) == 2 * i
+        assert made == []  # each answer was read right after its call: no Call made
+        monkeypatch.setattr(aioproc._workerproc, "Call", real_call)
+        assert await worker.call(wf.echo, (1, "two", None)) == (1, "two", None)
+        with pytest.raises(ValueError, match="boom"):
+            await worker.call(wf.fail, "boom")
+        with pytest.raises(TypeError, match="set"):
+            await worker.call(wf.return_unsendable)
+        assert worker.state is Worker.State.RUNNING
+        assert await worker.call(wf.add, 2, 3) == 5
+
+
+async def test_a_call_whose_answer_is_not_there_at_once_waits_for_it() -> None:
+    async with Worker() as worker:
+        await worker.call(wf.sleep, 0)
+        assert [await worker.call(wf.sleep, 0.02) for _ in range(3)] == ["slept"] * 3
+        # the waits leave nothing pending behind them
+        assert worker._proc is not None
+        assert worker._proc.pending == 0
+        assert await worker.call(wf.add, 1, 1) == 2
+
+
+async def test_cancelling_a_call_the_quick_path_waits_for_stops_the_worker() -> None:
+    async with Worker() as worker:
+        await worker.call(wf.sleep, 0)  # met before
+        with anyio.move_on_after(0.1) as scope:
+            await worker.call(wf.sleep, 30)  # sync, running: only stopping ends it
+        assert scope.cancelled_caught
+        # Given up, not asked to stop: the worker was ended (SIGTERM) and crashed.
+        assert worker.state is Worker.State.CRASHED
+        assert _exit_signal(worker) == signal.SIGTERM
