@@ -39,7 +39,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 import anyio
 from anyio.lowlevel import checkpoint
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 
 
 def _load_c_core() -> type[CCore] | None:
+    """The C core's class (``_runcore.c``), or None where it was not built."""
     try:
         from ._runcore import Core
     except ImportError:  # built without a C compiler (or not on Linux/glibc)
@@ -85,31 +86,6 @@ _OUTPUT_NAMES = ("stdout", "stderr")
 # The stdio words the C core takes, and its codes for them.
 _C_MODES: dict[object, int] = {"inherit": 0, "devnull": 1, "pipe": 2}
 _C_STDERR_MODES: dict[object, int] = {**_C_MODES, "stdout": 3}
-
-
-class _Core(Protocol):
-    """What run() needs of a core (``_runcore.Core`` or :class:`_PyCore`)."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def returncode(self) -> int | None: ...
-    @property
-    def rusage(self) -> tuple[float, float, int] | None: ...
-    @property
-    def limit_hit(self) -> int: ...
-
-    enforce_limit: bool
-
-    def serve(self) -> int: ...
-    def finish(self) -> int: ...
-    def release(self) -> None: ...
-    def close_stdin(self) -> None: ...
-    def signal(self, sig: int, /) -> bool: ...
-    def reap(self) -> bool: ...
-    def leader_exited(self) -> bool: ...
-    def output(self, index: int, /) -> bytes | None: ...
-    def close(self) -> None: ...
 
 
 _CCore = _load_c_core()
@@ -304,6 +280,11 @@ class _PyCore:
             os.close(fd)
         self._by_fd.clear()
         self.watch.close()
+
+
+if TYPE_CHECKING:
+    #: A core: the C one or the Python one (the same methods).
+    _Core: TypeAlias = CCore | _PyCore
 
 
 def _start(

@@ -250,6 +250,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->enforce_limit = 1;
 
     PyObject *argv_seq = NULL, *argv_keep = NULL, *envp_seq = NULL, *envp_keep = NULL;
+    PyObject *result = NULL;
     char **argv = NULL, **envp = environ;
     int sources[3] = {-1, -1, -1}; /* the child's fd 0..2 (-1: ours) */
     int child_only[2] = {-1, -1};  /* /dev/null, stdin read end: closed after the spawn */
@@ -401,15 +402,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             self->input = input_obj;
         }
     }
-    Py_XDECREF(argv_seq);
-    Py_XDECREF(argv_keep);
-    Py_XDECREF(envp_seq);
-    Py_XDECREF(envp_keep);
-    PyMem_Free(argv);
-    if (envp != environ) {
-        PyMem_Free(envp);
-    }
-    return (PyObject *)self;
+    result = (PyObject *)self;
+    goto cleanup;
 
 child_error:
     PyErr_SetFromErrno(PyExc_OSError);
@@ -430,6 +424,8 @@ fail:
     close_fd(&child_only[0]);
     close_fd(&child_only[1]);
     core_close_all(self);
+    Py_DECREF(self);
+cleanup:
     Py_XDECREF(argv_seq);
     Py_XDECREF(argv_keep);
     Py_XDECREF(envp_seq);
@@ -438,8 +434,7 @@ fail:
     if (envp != environ) {
         PyMem_Free(envp);
     }
-    Py_DECREF(self);
-    return NULL;
+    return result;
 }
 
 /* -- moving data ------------------------------------------------------------- */

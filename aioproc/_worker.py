@@ -335,8 +335,8 @@ class Worker:
                 if answered:  # still a cancellation point, as a wait would be
                     await proc.after_answer()
                     return value
-                if value is not None:
-                    return await _wait_sync_head(proc, value)
+                if value is not None:  # sent alone: it runs now
+                    return await _wait_call(proc, value, head=True, running_sync=True)
         else:
             is_async = _is_async(fn)
         # Calls run one at a time, in order: one sent while nothing is pending
@@ -348,19 +348,7 @@ class Worker:
         proc.read_now()  # the answer may be there already (see read_now)
         running_sync = head and is_async is False and not report
         if timeout is None:
-            try:
-                # call.wait(), without a coroutine more to pass through twice;
-                # an answer read already still passes a cancellation point (and
-                # now and then a schedule point), as a wait would.
-                if call.done:
-                    await proc.after_answer()
-                while not call.done:
-                    await call.waiter()
-                return call.result()
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    await _give_up(proc, call, head=head, running_sync=running_sync)
-                raise
+            return await _wait_call(proc, call, head=head, running_sync=running_sync)
         with anyio.move_on_after(timeout) as scope:
             try:
                 if call.done:
@@ -434,16 +422,20 @@ class Worker:
         )
 
 
-async def _wait_sync_head(proc: WorkerProcess, call: Call) -> Any:
-    """``Worker.call``'s wait for a plain sync call sent alone (``quick_call``)
-    whose answer was not there at once."""
+async def _wait_call(proc: WorkerProcess, call: Call, *, head: bool, running_sync: bool) -> Any:
+    """``Worker.call``'s wait without a timeout (``call.wait()`` inline); a
+    cancelled caller gives the call up (see :func:`_give_up`)."""
     try:
+        # An answer read already still passes a cancellation point (and now and
+        # then a schedule point), as a wait would.
+        if call.done:
+            await proc.after_answer()
         while not call.done:
             await call.waiter()
         return call.result()
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            await _give_up(proc, call, head=True, running_sync=True)
+            await _give_up(proc, call, head=head, running_sync=running_sync)
         raise
 
 
