@@ -53,6 +53,24 @@ async def test_run_feeds_input_to_stdin() -> None:
     assert result.stdout == b"hello\nworld\n"
 
 
+async def test_run_feeds_input_bigger_than_a_pipe_while_reading_the_output() -> None:
+    data = bytes(range(256)) * (32 * 1024)  # 8 MiB: both pipes fill many times
+    result = await aioproc.run(["cat"], input=data)
+    assert result.stdout == data
+
+
+async def test_run_input_to_a_program_that_never_reads_it_is_not_an_error() -> None:
+    result = await aioproc.run(["sh", "-c", "exec 0<&-; echo done"], input=b"x" * (4 << 20))
+    assert result.stdout == b"done\n"
+
+
+async def test_run_output_over_the_limit_written_before_the_exit_is_cut_at_the_limit() -> None:
+    # All of it sits in the pipe by the time the exit is seen.
+    with pytest.raises(aioproc.OutputLimitExceeded) as info:
+        await aioproc.run(["head", "-c", "60000", "/dev/zero"], max_output=1000)
+    assert info.value.stdout == bytes(1000)
+
+
 async def test_run_encodes_str_input() -> None:
     result = await aioproc.run(["cat"], input="héllo", text=True)
     assert result.stdout == "héllo"
