@@ -37,7 +37,7 @@ import contextlib
 import select
 import sys
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 
@@ -61,7 +61,7 @@ class _LoopHub:
     """The one epoll fd an asyncio loop watches for all pollers (see the module
     docstring). Only touched from its loop's thread."""
 
-    __slots__ = ("_guard", "_loop", "epoll", "waiters")
+    __slots__ = ("__weakref__", "_guard", "_loop", "epoll", "waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.epoll = select.epoll()
@@ -125,19 +125,29 @@ async def _close_at_shutdown(hub: _LoopHub) -> AsyncGenerator[None, None]:
         hub.close()
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopHub] = weakref.WeakKeyDictionary()
-_last_hub: _LoopHub | None = None
+#: Each loop's hub, by id(loop) (checked with owned_by: ids are reused). Held
+#: weakly: the loop's own reader callback holds its hub for as long as the loop
+#: watches it, so the hub never outlives its loop, nor keeps it alive.
+_hubs: weakref.WeakValueDictionary[int, _LoopHub] = weakref.WeakValueDictionary()
+
+
+def _no_hub() -> _LoopHub | None:
+    return None
+
+
+#: The hub looked up last (weakly, as in _hubs).
+_last_hub: Callable[[], _LoopHub | None] = _no_hub
 
 
 def _hub_for(loop: asyncio.AbstractEventLoop) -> _LoopHub:
     global _last_hub
-    hub = _last_hub
+    hub = _last_hub()
     if hub is not None and hub.owned_by(loop):
         return hub
-    hub = _hubs.get(loop)
+    hub = _hubs.get(id(loop))
     if hub is None or not hub.owned_by(loop):
-        hub = _hubs[loop] = _LoopHub(loop)
-    _last_hub = hub
+        hub = _hubs[id(loop)] = _LoopHub(loop)
+    _last_hub = weakref.ref(hub)
     return hub
 
 

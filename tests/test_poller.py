@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import weakref
 from collections.abc import Iterator
 
 import anyio
@@ -173,3 +176,50 @@ def test_each_loop_gets_its_own_hub_which_closes_with_the_loop(use_uvloop: bool)
     for _ in range(3):
         anyio.run(one_wait, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
         assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_hub_of_a_loop_closed_without_shutting_down_goes_with_the_loop() -> None:
+    """``loop.run_until_complete(); loop.close()`` never shuts down the async
+    generators: the hub then closes once the loop is dropped and collected."""
+
+    async def one_wait() -> None:
+        read_end, write_end = os.pipe()
+        poller = Poller()
+        try:
+            poller.register(read_end)
+            os.write(write_end, b"x")
+            assert await poller.wait(check_first=False) == [read_end]
+        finally:
+            poller.close()
+            os.close(read_end)
+            os.close(write_end)
+
+    before = set(os.listdir("/proc/self/fd"))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(one_wait())
+    loop.close()
+    del loop
+    gc.collect()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_loop_that_ran_pollers_is_not_kept_alive_by_its_hub(use_uvloop: bool) -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def wait_once() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        read_end, write_end = os.pipe()
+        poller = Poller()
+        try:
+            poller.register(read_end)
+            os.write(write_end, b"x")
+            await poller.wait(check_first=False)
+        finally:
+            poller.close()
+            os.close(read_end)
+            os.close(write_end)
+
+    anyio.run(wait_once, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    gc.collect()
+    assert loops[0]() is None
