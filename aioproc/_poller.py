@@ -25,7 +25,9 @@ largest single cost of a short ``run()`` on asyncio::
     poller epoll fd ─┘
 
 The hub closes when the loop shuts down its async generators (``asyncio.run``,
-``asyncio.Runner`` and anyio do): it parks one of its own there.
+``asyncio.Runner`` and anyio do): it parks one of its own there. A loop closed
+without that takes its hub along when it is collected: only the loop's reader
+callback holds the hub, and nothing of ours holds the loop.
 
 Elsewhere :class:`Poller` falls back to ``select`` with a short back-off sleep.
 """
