@@ -24,6 +24,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <string.h>
+
 /* -- Ready: an awaitable that is done, with its value ------------------------ */
 
 typedef struct {
@@ -160,6 +162,7 @@ typedef struct {
     Py_ssize_t budget; /* lines to hand out before refill is asked again */
     Py_ssize_t max_line; /* text mode: longer lines come in pieces */
     int keepends;      /* text mode: lines keep their "\n" */
+    int ascii;         /* text mode: the text is ASCII (cut with memchr + memcpy) */
     int closed;
 } LineIter;
 
@@ -213,7 +216,27 @@ static PyObject *
 next_text_line(LineIter *self)
 {
     Py_ssize_t start = self->pos;
-    Py_ssize_t newline = PyUnicode_FindChar(self->text, '\n', start, self->stop, 1);
+    Py_ssize_t newline;
+    if (self->ascii) {
+        /* The usual case, by hand: one memchr, one new ASCII str (about a
+         * tenth of a line's cost less than the general calls below). */
+        const char *data = (const char *)PyUnicode_1BYTE_DATA(self->text);
+        const char *found = memchr(data + start, '\n', (size_t)(self->stop - start));
+        newline = found != NULL ? found - data : -1;
+        Py_ssize_t end = newline < 0 ? self->stop : (self->keepends ? newline + 1 : newline);
+        Py_ssize_t next = newline < 0 ? self->stop : newline + 1;
+        if (end - start > self->max_line) {
+            end = next = start + self->max_line;
+        }
+        PyObject *line = PyUnicode_New(end - start, 127);
+        if (line == NULL) {
+            return NULL;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(line), data + start, (size_t)(end - start));
+        self->pos = next;
+        return line;
+    }
+    newline = PyUnicode_FindChar(self->text, '\n', start, self->stop, 1);
     if (newline == -2) {
         return NULL;
     }
@@ -368,6 +391,7 @@ lineiter_load_text(LineIter *self, PyObject *args)
     self->stop = stop;
     self->keepends = keepends;
     self->max_line = max_line;
+    self->ascii = PyUnicode_IS_ASCII(text);
     self->budget--;
     return next_text_line(self);
 }

@@ -179,6 +179,8 @@ TRICKY_INPUTS = [
     [b"x" * (2 * M) + b"\n", b"w" * (2 * M + 1)],
     [b"x" * (M - 1) + b"\r", b"\n" + b"y" * (M - 1) + b"\r\n"],
     [b"caf\xc3", b"\xa9\r", b"\nnext\n", b"\xff\xfe end\n"],
+    # not ASCII: the iterator's general cutting path (ASCII text has its own)
+    [("é" * (M + 1) + "\n" + "ü" * (M - 1) + "\n").encode(), b"x" * 5 + b"\n"],
 ]
 
 
