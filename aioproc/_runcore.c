@@ -262,7 +262,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         goto fail;
     }
     if (PySequence_Fast_GET_SIZE(argv_seq) == 0) {
-        PyErr_SetString(PyExc_ValueError, "argv must not be empty");
+        PyErr_SetString(PyExc_ValueError, "args must name a program");
         goto fail;
     }
     argv = c_strings(argv_seq, &argv_keep, "argv");

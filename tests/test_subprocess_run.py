@@ -139,6 +139,11 @@ async def test_run_not_executable_raises_permission_error(tmp_path: Path) -> Non
         await aioproc.run([str(script)])
 
 
+async def test_run_rejects_an_empty_command() -> None:
+    with pytest.raises(ValueError, match="must name a program"):
+        await aioproc.run([])
+
+
 async def test_run_rejects_a_string_for_args() -> None:
     with pytest.raises(TypeError):
         await aioproc.run("echo hi")  # type: ignore[call-overload]
