@@ -82,7 +82,8 @@ ANSWERED_PER_YIELD = 16
 
 class AnsweredCheckpoint:
     """What ``Worker.call`` awaits when the answer was read right after sending
-    (``PipeEnds.read_now``), in place of the wait it skipped.
+    (``WorkerProcess.quick_call``, ``PipeEnds.read_now``), in place of the wait
+    it skipped.
 
     Every time a cancellation point: a cancelled caller still gets its
     cancellation, not the result. Every :data:`ANSWERED_PER_YIELD`-th time also a

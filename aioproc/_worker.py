@@ -44,6 +44,11 @@ the pipe I/O is the ``_pipeends.PipeEnds`` base class)
         (right after a submit; see ``PipeEnds.read_now``); an answer read so
         still passes ``await proc.after_answer()`` (a cancellation point, and a
         schedule point every few such calls: see ``AnsweredCheckpoint``).
+    ``answered, value = proc.quick_call(fn, args)``
+        the hot path of ``Worker.call``: a plain call sent while nothing else
+        is pending, its answer read right after the write without a ``Call``
+        (``answered``: ``value`` is the result); else ``value`` is the ``Call``
+        to wait for, or ``None`` when the call did not qualify (nothing sent).
     ``proc.cancel(call, stop_if_sync=True)``
         queued: the worker drops it (``TaskCancelledError``); running async:
         cancelled inside the worker, which lives on; running sync: the worker is
