@@ -155,26 +155,28 @@ async def test_a_cancelled_wait_whose_fd_fires_later_wakes_nobody_by_mistake(
         os.close(other_write)
 
 
+async def _one_wait() -> None:
+    """One poller waits once, for a pipe written to already."""
+    read_end, write_end = os.pipe()
+    poller = Poller()
+    try:
+        poller.register(read_end)
+        os.write(write_end, b"x")
+        assert await poller.wait(check_first=False) == [read_end]
+    finally:
+        poller.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_each_loop_gets_its_own_hub_which_closes_with_the_loop(use_uvloop: bool) -> None:
     """On asyncio the pollers' fds sit in one epoll fd per loop (the hub): a new
     loop in the same thread gets a new one, and shutting a loop down closes its."""
 
-    async def one_wait() -> None:
-        read_end, write_end = os.pipe()
-        poller = Poller()
-        try:
-            poller.register(read_end)
-            os.write(write_end, b"x")
-            assert await poller.wait(check_first=False) == [read_end]
-        finally:
-            poller.close()
-            os.close(read_end)
-            os.close(write_end)
-
     before = set(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        anyio.run(one_wait, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+        anyio.run(_one_wait, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
         assert set(os.listdir("/proc/self/fd")) == before
 
 
@@ -182,21 +184,9 @@ def test_the_hub_of_a_loop_closed_without_shutting_down_goes_with_the_loop() -> 
     """``loop.run_until_complete(); loop.close()`` never shuts down the async
     generators: the hub then closes once the loop is dropped and collected."""
 
-    async def one_wait() -> None:
-        read_end, write_end = os.pipe()
-        poller = Poller()
-        try:
-            poller.register(read_end)
-            os.write(write_end, b"x")
-            assert await poller.wait(check_first=False) == [read_end]
-        finally:
-            poller.close()
-            os.close(read_end)
-            os.close(write_end)
-
     before = set(os.listdir("/proc/self/fd"))
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(one_wait())
+    loop.run_until_complete(_one_wait())
     loop.close()
     del loop
     gc.collect()
@@ -209,16 +199,7 @@ def test_a_loop_that_ran_pollers_is_not_kept_alive_by_its_hub(use_uvloop: bool) 
 
     async def wait_once() -> None:
         loops.append(weakref.ref(asyncio.get_running_loop()))
-        read_end, write_end = os.pipe()
-        poller = Poller()
-        try:
-            poller.register(read_end)
-            os.write(write_end, b"x")
-            await poller.wait(check_first=False)
-        finally:
-            poller.close()
-            os.close(read_end)
-            os.close(write_end)
+        await _one_wait()
 
     anyio.run(wait_once, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
     gc.collect()
