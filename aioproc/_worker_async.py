@@ -122,11 +122,10 @@ class _AsyncServer:
         server = self.server
         _, call_id, ref, args, kwargs, flags = message
         if fn is None:
-            try:
-                fn = server.resolve(ref)
-            except BaseException as exc:
-                server.send_error(call_id, exc)
+            known = server.known_function(call_id, ref)
+            if known is None:
                 return
+            fn = known[0]
         if flags & CallFlag.STREAM:
             await self.run_stream(call_id, fn, args, kwargs, flags)
             return

@@ -337,16 +337,24 @@ class Server:
         for message in batch:
             self.handle_control(message)
 
-    def _run_call(self, message: list[Any]) -> None:
-        _, call_id, ref, args, kwargs, flags = message
+    def known_function(self, call_id: int, ref: str) -> tuple[Any, bool] | None:
+        """The function *ref* names and whether it is async (looked up once per
+        ref); ``None`` when it cannot be resolved -- the call's error is sent."""
         known = self._kinds.get(ref)
         if known is None:
             try:
                 fn = self.resolve(ref)
             except BaseException as exc:
                 self.send_error(call_id, exc)
-                return
+                return None
             known = self._kinds[ref] = (fn, is_async_callable(fn))
+        return known
+
+    def _run_call(self, message: list[Any]) -> None:
+        _, call_id, ref, args, kwargs, flags = message
+        known = self.known_function(call_id, ref)
+        if known is None:
+            return
         fn, is_async = known
         if is_async:
             raise _SwitchToAsync(message, fn)
