@@ -84,15 +84,8 @@ class _AsyncServer:
                     self.scope.cancel()
                 self._notify()
                 return
-            for message in batch:
-                control = server.handle_control(message)
-                if (
-                    control is not None
-                    and control[0] == Kind.CANCEL
-                    and control[1] == server.current_id
-                    and self.scope is not None
-                ):
-                    self.scope.cancel()
+            if server.apply_controls(batch, server.current_id) and self.scope is not None:
+                self.scope.cancel()
             if conn.eof:
                 # The parent is gone: stop what runs, then leave.
                 server.stopping = True

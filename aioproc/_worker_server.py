@@ -181,6 +181,16 @@ class Server:
     def send_body(self, body: bytes) -> None:
         self.conn.send_body(body)
 
+    def apply_controls(self, batch: list[Any], call_id: int | None) -> bool:
+        """Apply every message of *batch* read while call *call_id* runs (see
+        :meth:`handle_control`); True when one of them cancels that call."""
+        cancelled = False
+        for message in batch:
+            control = self.handle_control(message)
+            if control is not None and control[0] == Kind.CANCEL and control[1] == call_id:
+                cancelled = True
+        return cancelled
+
     def handle_control(self, message: list[Any]) -> list[Any] | None:
         """Apply a non-CALL message; return a CREDIT/CANCEL the caller must see."""
         kind = message[0]
@@ -392,16 +402,10 @@ class Server:
                     batch = conn.read_batch(block=credits.get(call_id, 0) <= 0)
                     if conn.eof and not batch:
                         return
-                    for message in batch:
-                        control = self.handle_control(message)
-                        if (
-                            control is not None
-                            and control[0] == Kind.CANCEL
-                            and control[1] == call_id
-                        ):
-                            _close(iterator)
-                            conn.send([Kind.CANCELLED, call_id])
-                            return
+                    if self.apply_controls(batch, call_id):
+                        _close(iterator)
+                        conn.send([Kind.CANCELLED, call_id])
+                        return
                     continue
                 try:
                     item = next(iterator)
