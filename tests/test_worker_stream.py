@@ -63,3 +63,29 @@ async def test_stream_then_calls_are_served_in_order() -> None:
         async with worker.stream(wf.count, 3) as items:
             assert [i async for i in items] == [0, 1, 2]
         assert await worker.call(wf.add, 2, 2) == 4
+
+
+async def test_a_call_read_in_the_same_batch_as_a_cancel_of_a_sync_stream_is_not_lost(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The Pool writes the frames it makes while handling a read batch in one
+    writev: the worker can then read a stream's CANCEL and the next CALL at
+    once, and must run that call too."""
+    async with Worker() as worker:
+        proc = worker._proc
+        assert proc is not None
+        progress = tmp_path / "progress"
+        stream = proc.submit(wf.count_forever, (str(progress),), stream=True, window=1)
+        assert await stream.next_item() == 0  # the generator now waits for credit
+        held: list[bytes | memoryview] = []
+        proc._held = held  # as the Pool does while it handles a batch
+        try:
+            proc.cancel(stream)
+            call = proc.submit(wf.add, (1, 2))
+        finally:
+            proc._held = None
+        proc._write_held(held)
+        with anyio.fail_after(5):
+            assert await call.wait() == 3
+            await stream.wait_done()
+        assert stream.cancelled
